@@ -1,0 +1,45 @@
+//! The operator API: health, metrics and the session list.
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::storage::index::{SessionFilter, SessionState};
+
+/// `GET /healthz`: 200 while the node takes sessions.
+pub async fn healthz(State(app): State<AppState>) -> Response {
+    let body = serde_json::json!({
+        "status": "ok",
+        "hostname": &*app.hostname,
+        "live_sessions": app.sessions.live_count(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    match &app.metrics {
+        Some(handle) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
+}
+
+/// `GET /api/v1/sessions?node=&user=&since=&until=&state=`: newest first.
+pub async fn sessions(State(app): State<AppState>, Query(filter): Query<SessionFilter>) -> Response {
+    if let Some(state) = filter.state.as_deref() {
+        if SessionState::parse(state).is_none() {
+            let reason = format!("unknown state {state:?}; use live, complete, aborted or invalid\n");
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
+    }
+    match app.sessions.list(filter).await {
+        Ok(records) => (StatusCode::OK, axum::Json(records)).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}

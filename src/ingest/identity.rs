@@ -1,0 +1,102 @@
+//! Who is streaming: the connecting SSH server's identity, which names its directory.
+//!
+//! By default the peer IP address. With `--tailscaled-socket`, the stable node ID that
+//! the local tailscaled's LocalAPI `whois` returns for the peer address, which is how
+//! tsrecorder lays out a real tailnet deployment. Either way the result goes through
+//! [`sanitize_component`] before it can become a path.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+use crate::storage::layout::sanitize_component;
+
+/// A whois that takes longer than this refuses the session, so the client moves on.
+const WHOIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// tailscaled's whois answers are a few KiB.
+const WHOIS_MAX_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("tailscaled whois for {peer}: {message}")]
+    Whois { peer: SocketAddr, message: String },
+}
+
+/// How node directories are named.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// The peer's IP address.
+    PeerAddress,
+    /// Ask tailscaled at this LocalAPI socket.
+    Tailscaled { socket: PathBuf },
+}
+
+#[derive(Deserialize)]
+struct WhoIs {
+    #[serde(rename = "Node")]
+    node: Option<WhoIsNode>,
+}
+
+#[derive(Deserialize)]
+struct WhoIsNode {
+    #[serde(rename = "StableID")]
+    stable_id: Option<String>,
+}
+
+impl Identity {
+    /// The sanitized directory name for recordings from `peer`.
+    pub async fn node_dir(&self, peer: SocketAddr) -> Result<String, IdentityError> {
+        match self {
+            Identity::PeerAddress => Ok(sanitize_component(&peer.ip().to_canonical().to_string())),
+            Identity::Tailscaled { socket } => {
+                let fail = |message: String| IdentityError::Whois { peer, message };
+                let id = tokio::time::timeout(WHOIS_TIMEOUT, whois(socket, peer))
+                    .await
+                    .map_err(|_| fail("timed out".into()))?
+                    .map_err(fail)?;
+                Ok(sanitize_component(&id))
+            }
+        }
+    }
+}
+
+/// `GET /localapi/v0/whois?addr=IP:PORT` over tailscaled's unix socket.
+async fn whois(socket: &PathBuf, peer: SocketAddr) -> Result<String, String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = http::Request::get(format!("/localapi/v0/whois?addr={peer}"))
+        .header(http::header::HOST, "local-tailscaled.sock")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), WHOIS_MAX_BYTES)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("status {status}: {}", String::from_utf8_lossy(&body).trim()));
+        }
+        let who: WhoIs = serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))?;
+        who.node
+            .and_then(|n| n.stable_id)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| "answer has no Node.StableID".to_string())
+    };
+    // The connection future drives the socket; it ends when `sender` is dropped.
+    tokio::select! {
+        result = exchange => result,
+        ended = connection => Err(format!("connection ended early: {ended:?}")),
+    }
+}

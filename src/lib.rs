@@ -1,0 +1,28 @@
+//! quorumcast: a highly available, clustered recorder for SSH session recordings.
+//!
+//! # Layout
+//!
+//! A recording's bytes travel down the modules in this order:
+//!
+//! - [`ingest`]: HTTP. Speaks the recorder wire protocol (`/record`, `/v2/record`,
+//!   `/v2/event`) and the operator API, turns requests into byte streams and durable
+//!   offsets into ack frames. Knows nothing of files.
+//! - [`session`]: admission, the pipeline of one recording, and what an ack means.
+//! - [`storage`]: files under `--dst`, group commit, the session index under statedir.
+//!
+//! Beside the data path:
+//!
+//! - [`asciicast`]: the recording format, checked incrementally without I/O.
+//! - [`config`]: node configuration from flags, environment and TOML.
+//! - [`metrics`]: metric names and the Prometheus exporter.
+//! - [`node`]: wires the above into a running recorder and shuts it down.
+//! - [`client`]: the SSH-server side: `record`, `play`, `cat`.
+
+pub mod asciicast;
+// CLIENT pub mod client;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod node;
+pub mod session;
+pub mod storage;

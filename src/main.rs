@@ -1,0 +1,102 @@
+//! The `quorumcast` command line. Errors here are `anyhow`: this is the edge.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use quorumcast::{client, config::NodeArgs, node};
+
+/// A highly available, clustered recorder for SSH session recordings.
+#[derive(Parser)]
+#[command(name = "quorumcast", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a recorder node (wire-compatible with Tailscale SSH session recording).
+    Node(NodeArgs),
+    /// Run a command in a PTY and stream its recording to a recorder.
+    Record(client::RecordArgs),
+    /// Replay a recording in the terminal.
+    Play(client::PlayArgs),
+    /// Print a recording's output text.
+    Cat(client::CatArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(dispatch(cli.command)));
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("quorumcast: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Node(args) => run_node(args).await.map(|()| 0),
+        Command::Record(args) => {
+            let code = client::run_record(args).await?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Play(args) => client::run_play(args).await.map(|()| 0).map_err(Into::into),
+        Command::Cat(args) => client::run_cat(args).map(|()| 0).map_err(Into::into),
+    }
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    raise_fd_limit();
+    let metrics = quorumcast::metrics::install()?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let result = node::run(config, Some(metrics), shutdown).await;
+    signals.abort();
+    result.map_err(Into::into)
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// Each live session holds a socket and a file: lift the soft limit to the hard one.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,121 @@
+//! Where recordings and events live under `--dst`, and how names become safe paths.
+//!
+//! Layout (the same as tsrecorder's, so tools that read its tree read ours):
+//!
+//! ```text
+//! <dst>/<node dir>/<timestamp>.cast            one recording, byte-for-byte as sent
+//! <dst>/<node dir>/events/<timestamp>-<id>.json one `/v2/event` body
+//! ```
+//!
+//! Every name that reaches the file system from the network goes through
+//! [`sanitize_component`] first: no separators, no `..`, bounded length.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// Longest file-name component we create; well under every Linux file system's 255.
+pub const MAX_COMPONENT_BYTES: usize = 100;
+
+/// How many `-N` suffixes to try when sessions start in the same second.
+const MAX_COLLISIONS: u32 = 10_000;
+
+/// Turns an untrusted name into one safe path component.
+///
+/// Keeps `[A-Za-z0-9._-]`, maps everything else to `_`, refuses `.`/`..`/empty by
+/// prefixing `_`, and truncates to [`MAX_COMPONENT_BYTES`].
+pub fn sanitize_component(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_COMPONENT_BYTES)
+        .collect();
+    if out.is_empty() || out.chars().all(|c| c == '.') {
+        out.insert(0, '_');
+        out.truncate(MAX_COMPONENT_BYTES);
+    }
+    out
+}
+
+/// The base name of a recording started at `at`: RFC 3339 in UTC, seconds precision.
+pub fn recording_stem(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Creates `<dir>/<stem>.cast` (or `<stem>-N.cast` if taken) exclusively, so two sessions
+/// that start in the same second never share a file.
+pub fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(PathBuf, File)> {
+    std::fs::create_dir_all(dir)?;
+    for n in 0..MAX_COLLISIONS {
+        let name = if n == 0 {
+            format!("{stem}.{ext}")
+        } else {
+            format!("{stem}-{n}.{ext}")
+        };
+        let path = dir.join(name);
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => {
+                sync_dir(dir)?;
+                return Ok((path, file));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("more than {MAX_COLLISIONS} files named {stem} in {}", dir.display()),
+    ))
+}
+
+/// Makes a new directory entry durable: fsync of the file alone does not cover its name.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_and_separators_are_neutralised() {
+        for evil in ["..", ".", "", "../../etc/passwd", "a/b", "a\\b", "/abs", "x\0y", "..."] {
+            let safe = sanitize_component(evil);
+            assert!(!safe.contains('/') && !safe.contains('\\') && !safe.contains('\0'));
+            assert!(safe != "." && safe != ".." && !safe.is_empty(), "{evil:?} -> {safe:?}");
+            assert!(!safe.chars().all(|c| c == '.'), "{evil:?} -> {safe:?}");
+        }
+    }
+
+    #[test]
+    fn long_names_are_bounded_and_unicode_is_replaced() {
+        let safe = sanitize_component(&"é".repeat(500));
+        assert_eq!(safe.len(), MAX_COMPONENT_BYTES);
+        assert!(safe.is_ascii());
+    }
+
+    #[test]
+    fn ipv6_and_node_ids_stay_readable() {
+        assert_eq!(sanitize_component("nguedK2CNTRL"), "nguedK2CNTRL");
+        assert_eq!(sanitize_component("::1"), "__1");
+        assert_eq!(sanitize_component("100.64.0.1"), "100.64.0.1");
+    }
+
+    #[test]
+    fn same_second_sessions_get_distinct_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stem = "2026-11-25T15:58:29Z";
+        let (a, _) = create_unique(dir.path(), stem, "cast").expect("first");
+        let (b, _) = create_unique(dir.path(), stem, "cast").expect("second");
+        assert_ne!(a, b);
+        assert!(b.to_string_lossy().ends_with("-1.cast"));
+    }
+}
