@@ -1,0 +1,584 @@
+//! `quorumcast record`: one recorded terminal session from start to exit code.
+//!
+//! Order of events: pick a recorder (before anything runs, so `--enforce` can refuse), send the
+//! header, start the command on a PTY, then pump PTY output to stdout and into the recording
+//! while forwarding stdin, window-size changes and termination signals, until the command has
+//! exited and its output is drained. Finally confirm the upload and return the exit code.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::sys::signal::Signal;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Child;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::encoder::Encoder;
+use super::header::{Header, Invocation, SessionEnv};
+use super::pty::{self, Pty, RawModeGuard, Size};
+use super::recorder::{self, RecorderAddr, Timeouts};
+use super::upload::{Upload, UploadError};
+use super::{warn, ClientError, RecordArgs};
+
+/// Bytes read from the PTY at a time; one read becomes at most one "o" event.
+const PTY_READ_CHUNK: usize = 32 * 1024;
+/// Bytes read from stdin at a time.
+const STDIN_READ_CHUNK: usize = 16 * 1024;
+/// Stdin chunks queued for the PTY: at most 8 x 16 KiB wait while the command is not reading
+/// its input; the stdin thread blocks beyond that.
+const STDIN_QUEUE_CHUNKS: usize = 8;
+/// After the command exits, how long we keep reading output still buffered in the PTY when a
+/// background process keeps the PTY open (normally EOF comes at once).
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// `--enforce` termination: time between SIGHUP and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the whole `record` subcommand.
+pub async fn run(args: RecordArgs) -> Result<i32, ClientError> {
+    let addrs = parse_addrs(&args.recorders)?;
+    let env = SessionEnv::current();
+    let invocation = Invocation::resolve(&args.command, &env);
+    let tty = pty::is_tty(std::io::stdin());
+    let size = initial_size(tty);
+    let copy = match &args.output {
+        Some(path) => Some(create_copy(path).await?),
+        None => None,
+    };
+    let upload = open_upload(&addrs, &args).await?;
+    let header = Header::new(
+        &env,
+        &invocation,
+        (size.cols, size.rows),
+        unix_now(),
+        uuid::Uuid::new_v4(),
+    );
+    let recording = Recording::start(upload, copy, &args, header).await?;
+
+    let mut session = Session::start(&invocation.argv, size, tty, recording)?;
+    let outcome = session.pump().await;
+    session.stop_io().await;
+    match outcome {
+        Ok(status) => {
+            session.restore_terminal();
+            session.recording.finish().await?;
+            Ok(exit_code(status))
+        }
+        Err(e) => {
+            session.terminate().await;
+            session.recording.flush_copy().await;
+            Err(e)
+        }
+    }
+}
+
+fn parse_addrs(recorders: &[String]) -> Result<Vec<RecorderAddr>, ClientError> {
+    recorders
+        .iter()
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| RecorderAddr::parse(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ClientError::Usage)
+}
+
+/// The terminal size to start with: the user's terminal, else `$COLUMNS`x`$LINES`, else 80x24.
+fn initial_size(tty: bool) -> Size {
+    let from_tty = if tty {
+        pty::terminal_size(std::io::stdin())
+    } else {
+        pty::terminal_size(std::io::stdout())
+    };
+    from_tty.unwrap_or_else(|| Size::from_env(|k| std::env::var(k).ok()))
+}
+
+/// Connects to the first accepting recorder; `None` means run unrecorded (fail open).
+async fn open_upload(
+    addrs: &[RecorderAddr],
+    args: &RecordArgs,
+) -> Result<Option<Upload>, ClientError> {
+    let timeouts = Timeouts {
+        ack_window: args.ack_timeout,
+        ..Timeouts::default()
+    };
+    match recorder::connect(addrs, timeouts).await {
+        Ok(transport) => {
+            let (addr, protocol) = (&transport.addr, transport.protocol);
+            tracing::debug!(recorder = %addr, ?protocol, "recording stream accepted");
+            Ok(Some(Upload::new(
+                transport,
+                args.unacked_limit,
+                args.ack_timeout,
+            )))
+        }
+        Err(e) if args.enforce => Err(ClientError::NotRecorded(e)),
+        Err(e) => {
+            warn(false, &format!("{e}; running unrecorded"));
+            Ok(None)
+        }
+    }
+}
+
+async fn create_copy(path: &Path) -> Result<tokio::fs::File, ClientError> {
+    tokio::fs::File::create(path)
+        .await
+        .map_err(ClientError::io(format!("cannot create {}", path.display())))
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The command's exit code, or 128 + signal number as shells report it.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// The recording side of a session: encoder, upload, and the optional local copy.
+struct Recording {
+    /// Turns output bytes into event lines.
+    encoder: Encoder,
+    /// Time zero of the event timestamps.
+    started: Instant,
+    /// The live upload; `None` when unrecorded (no recorder, or the stream broke, fail-open).
+    upload: Option<Upload>,
+    /// `--output`: receives exactly the bytes handed to the upload.
+    copy: Option<tokio::fs::File>,
+    /// Fail closed on a broken stream.
+    enforce: bool,
+    /// Longest wait for the recorder's final confirmation.
+    finish_timeout: Duration,
+    /// The user's terminal is in raw mode (affects warning line endings).
+    raw: bool,
+}
+
+impl Recording {
+    /// Starts the recording with its header line (time zero is now).
+    async fn start(
+        upload: Option<Upload>,
+        copy: Option<tokio::fs::File>,
+        args: &RecordArgs,
+        header: Header,
+    ) -> Result<Self, ClientError> {
+        let mut recording = Self {
+            encoder: Encoder::new(),
+            started: Instant::now(),
+            upload,
+            copy,
+            enforce: args.enforce,
+            finish_timeout: args.finish_timeout,
+            raw: false,
+        };
+        recording.emit(header.to_line()).await?;
+        Ok(recording)
+    }
+
+    async fn output(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if self.upload.is_none() {
+            return Ok(());
+        }
+        match self.encoder.output(self.started.elapsed(), bytes) {
+            Some(line) => self.emit(line).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn resize(&mut self, size: Size) -> Result<(), ClientError> {
+        let line = self
+            .encoder
+            .resize(self.started.elapsed(), size.cols, size.rows);
+        self.emit(line).await
+    }
+
+    /// Sends one line (with back-pressure) and mirrors it to the copy.
+    async fn emit(&mut self, line: Vec<u8>) -> Result<(), ClientError> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Ok(());
+        };
+        let line = Bytes::from(line);
+        match upload.send(line.clone()).await {
+            Ok(()) => {
+                self.write_copy(&line).await;
+                Ok(())
+            }
+            Err(e) => self.stream_broke(e),
+        }
+    }
+
+    /// `--enforce`: the session must end. Otherwise: warn and go on unrecorded. The copy keeps
+    /// what was sent (nothing more is written to it).
+    fn stream_broke(&mut self, error: UploadError) -> Result<(), ClientError> {
+        self.upload = None;
+        if self.enforce {
+            return Err(ClientError::RecordingBroken(error));
+        }
+        warn(
+            self.raw,
+            &format!("recording stream broke ({error}); continuing unrecorded"),
+        );
+        Ok(())
+    }
+
+    /// Resolves when the upload breaks; never while unrecorded.
+    async fn broken(&mut self) -> UploadError {
+        match self.upload.as_mut() {
+            Some(upload) => upload.broken().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn write_copy(&mut self, line: &[u8]) {
+        let Some(copy) = self.copy.as_mut() else {
+            return;
+        };
+        if let Err(e) = copy.write_all(line).await {
+            warn(self.raw, &format!("--output copy stopped: {e}"));
+            self.copy = None;
+        }
+    }
+
+    /// Completes the pending writes of the `--output` copy.
+    async fn flush_copy(&mut self) {
+        if let Some(copy) = self.copy.as_mut() {
+            if let Err(e) = copy.flush().await {
+                warn(self.raw, &format!("--output copy incomplete: {e}"));
+            }
+        }
+    }
+
+    /// Flushes the encoder, ends the upload and waits for the recorder's confirmation.
+    async fn finish(mut self) -> Result<(), ClientError> {
+        if let Some(line) = self.encoder.finish(self.started.elapsed()) {
+            self.emit(line).await?;
+        }
+        self.flush_copy().await;
+        let Some(upload) = self.upload.take() else {
+            return Ok(());
+        };
+        match upload.finish(self.finish_timeout).await {
+            Ok(_) => Ok(()),
+            Err(e) if self.enforce => Err(ClientError::RecordingUnconfirmed(e)),
+            Err(e) => {
+                warn(self.raw, &e.to_string());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The running command and the plumbing around it.
+struct Session {
+    /// Master side of the command's PTY (shared with the stdin forwarder).
+    pty: Arc<Pty>,
+    /// The command; a session leader, so its pid is also its process group.
+    child: Child,
+    /// Where the output is recorded.
+    recording: Recording,
+    /// The user's stdin is a terminal (raw mode, window-size changes).
+    tty: bool,
+    /// Our stdout; `None` after a write failed (e.g. the reader went away): we stop mirroring
+    /// but keep recording.
+    stdout: Option<tokio::io::Stdout>,
+    /// Restores the user's terminal when dropped; `None` without a terminal.
+    raw_mode: Option<RawModeGuard>,
+    /// Copies stdin into the PTY.
+    stdin_task: JoinHandle<()>,
+}
+
+impl Session {
+    /// Starts the command on a PTY and, with a terminal, switches it to raw mode.
+    fn start(
+        argv: &[String],
+        size: Size,
+        tty: bool,
+        mut recording: Recording,
+    ) -> Result<Self, ClientError> {
+        // Raw mode first: if it fails, no command is left running.
+        let raw_mode = tty.then(RawModeGuard::enter).transpose()?;
+        recording.raw = tty;
+        let (pty, mut child) = pty::spawn(argv, size)?;
+        let pty = Arc::new(pty);
+        let stdin_task = match forward_stdin(pty.clone(), tty) {
+            Ok(task) => task,
+            Err(e) => {
+                let _ = child.start_kill();
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            pty,
+            child,
+            recording,
+            tty,
+            stdout: Some(tokio::io::stdout()),
+            raw_mode,
+            stdin_task,
+        })
+    }
+
+    /// Stops forwarding input and completes pending output to stdout.
+    async fn stop_io(&mut self) {
+        self.stdin_task.abort();
+        if let Some(stdout) = self.stdout.as_mut() {
+            let _ = stdout.flush().await;
+        }
+    }
+
+    /// Gives the user's terminal its settings back (also done on drop, on every path).
+    fn restore_terminal(&mut self) {
+        self.raw_mode = None;
+        self.recording.raw = false;
+    }
+
+    /// Pumps until the command has exited and its output is drained.
+    async fn pump(&mut self) -> Result<ExitStatus, ClientError> {
+        let mut winch = match self.tty {
+            true => Some(
+                signal(SignalKind::window_change())
+                    .map_err(ClientError::io("watching SIGWINCH"))?,
+            ),
+            false => None,
+        };
+        let mut forwarded = ForwardedSignals::new()?;
+        let mut buf = vec![0u8; PTY_READ_CHUNK];
+        let mut status = None;
+        let mut drain_until: Option<Instant> = None;
+        let mut pty_open = true;
+        loop {
+            if let Some(status) = status.filter(|_| !pty_open) {
+                return Ok(status);
+            }
+            tokio::select! {
+                read = self.pty.read(&mut buf), if pty_open => {
+                    let n = read.map_err(ClientError::io("reading the pseudo-terminal"))?;
+                    if n == 0 {
+                        pty_open = false;
+                        continue;
+                    }
+                    self.mirror(&buf[..n]).await;
+                    // May wait for acks (back-pressure): the PTY is not read meanwhile.
+                    self.recording.output(&buf[..n]).await?;
+                }
+                exited = self.child.wait(), if status.is_none() => {
+                    status = Some(exited.map_err(ClientError::io("waiting for the command"))?);
+                    drain_until = Some(Instant::now() + DRAIN_LIMIT);
+                }
+                // A background process still holds the PTY open: stop waiting for its EOF.
+                () = sleep_until_some(drain_until) => pty_open = false,
+                Some(()) = next_winch(&mut winch) => self.resize().await?,
+                sig = forwarded.recv() => pty::signal_groups(&self.child, &self.pty, sig),
+                error = self.recording.broken() => self.recording.stream_broke(error)?,
+            }
+        }
+    }
+
+    /// Applies the user's new terminal size to the PTY and records it.
+    async fn resize(&mut self) -> Result<(), ClientError> {
+        let Some(size) = pty::terminal_size(std::io::stdin()) else {
+            return Ok(());
+        };
+        // Failing to resize only affects the display; keep the session going.
+        let _ = self.pty.resize(size);
+        self.recording.resize(size).await
+    }
+
+    async fn mirror(&mut self, bytes: &[u8]) {
+        if let Some(stdout) = self.stdout.as_mut() {
+            if stdout.write_all(bytes).await.is_err() {
+                self.stdout = None;
+            }
+        }
+    }
+
+    /// Ends the command: SIGHUP to its process groups, SIGKILL after [`KILL_GRACE`].
+    async fn terminate(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        pty::signal_groups(&self.child, &self.pty, Signal::SIGHUP);
+        if tokio::time::timeout(KILL_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            pty::signal_groups(&self.child, &self.pty, Signal::SIGKILL);
+            let _ = tokio::time::timeout(KILL_GRACE, self.child.wait()).await;
+        }
+    }
+}
+
+/// Resolves at `deadline`, or never when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next SIGWINCH, or never without a terminal.
+async fn next_winch(winch: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match winch {
+        Some(w) => w.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Termination signals sent to us, which we pass on to the command (it runs in its own
+/// session, so a terminal hangup or ^C in a pipeline would not reach it otherwise). We exit
+/// when it does, after finishing the recording.
+struct ForwardedSignals {
+    /// SIGHUP (e.g. the SSH connection dropped).
+    hup: tokio::signal::unix::Signal,
+    /// SIGTERM.
+    term: tokio::signal::unix::Signal,
+    /// SIGINT.
+    int: tokio::signal::unix::Signal,
+    /// SIGQUIT.
+    quit: tokio::signal::unix::Signal,
+}
+
+impl ForwardedSignals {
+    fn new() -> Result<Self, ClientError> {
+        let watch = |kind| signal(kind).map_err(ClientError::io("installing signal handlers"));
+        Ok(Self {
+            hup: watch(SignalKind::hangup())?,
+            term: watch(SignalKind::terminate())?,
+            int: watch(SignalKind::interrupt())?,
+            quit: watch(SignalKind::quit())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            Some(()) = self.hup.recv() => Signal::SIGHUP,
+            Some(()) = self.term.recv() => Signal::SIGTERM,
+            Some(()) = self.int.recv() => Signal::SIGINT,
+            Some(()) = self.quit.recv() => Signal::SIGQUIT,
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// Copies our stdin into the PTY. A blocking read runs on its own thread (not tokio's blocking
+/// pool, whose shutdown would wait for a read that may never return); the async half writes.
+fn forward_stdin(pty: Arc<Pty>, tty: bool) -> Result<JoinHandle<()>, ClientError> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(STDIN_QUEUE_CHUNKS);
+    std::thread::Builder::new()
+        .name("quorumcast-stdin".into())
+        .spawn(move || read_stdin(&tx))
+        .map_err(ClientError::io("starting the stdin reader"))?;
+    Ok(tokio::spawn(async move {
+        let mut mid_line = false;
+        while let Some(chunk) = rx.recv().await {
+            if pty.write_all(&chunk).await.is_err() {
+                return; // the command is gone
+            }
+            mid_line = chunk.last() != Some(&b'\n');
+        }
+        // A pipe or file ended (a raw terminal never does): tell the command like ^D would.
+        if !tty {
+            let _ = pty.send_eof(mid_line).await;
+        }
+    }))
+}
+
+fn read_stdin(tx: &mpsc::Sender<Bytes>) {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; STDIN_READ_CHUNK];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake_recorder::{Behaviour, FakeRecorder};
+    use super::super::DEFAULT_UNACKED_LIMIT;
+    use super::*;
+    use http::StatusCode;
+
+    fn args(recorder: &FakeRecorder, output: Option<&Path>, command: &[&str]) -> RecordArgs {
+        RecordArgs {
+            recorders: vec![recorder.addr.to_string()],
+            enforce: true,
+            output: output.map(Path::to_owned),
+            ack_timeout: Duration::from_secs(5),
+            finish_timeout: Duration::from_secs(5),
+            unacked_limit: DEFAULT_UNACKED_LIMIT,
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_a_command_end_to_end() {
+        if pty::is_tty(std::io::stdin()) {
+            // `record` would switch the developer's terminal to raw mode; CI has no terminal.
+            eprintln!("skipped: stdin is a terminal");
+            return;
+        }
+        let rec = FakeRecorder::start(Behaviour::V2 { auto_ack: true }).await;
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy.cast");
+        // "é" is split across two writes (and so across PTY reads) on purpose.
+        let cmd = [
+            "sh",
+            "-c",
+            r"printf 'caf\303'; sleep 0.2; printf '\251\n'; exit 3",
+        ];
+        let code = run(args(&rec, Some(&copy), &cmd)).await.unwrap();
+        assert_eq!(code, 3);
+
+        let sent = std::fs::read(&copy).unwrap();
+        assert_eq!(rec.received(), sent, "recorder and --output copy differ");
+        let mut lines = sent.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let header: serde_json::Value = serde_json::from_slice(lines.next().unwrap()).unwrap();
+        assert_eq!(header["version"], 2);
+        let quoted = r"sh -c 'printf '\''caf\303'\''; sleep 0.2; printf '\''\251\n'\''; exit 3'";
+        assert_eq!(header["command"], quoted);
+        let text: String = lines
+            .map(|l| serde_json::from_slice::<(f64, String, String)>(l).unwrap())
+            .filter(|(_, code, _)| code == "o")
+            .map(|(_, _, data)| data)
+            .collect();
+        assert_eq!(text, "café\r\n");
+    }
+
+    #[tokio::test]
+    async fn enforce_refuses_to_run_without_a_recorder() {
+        let rec = FakeRecorder::start(Behaviour::Refuse(StatusCode::SERVICE_UNAVAILABLE)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let touch = format!("touch {}", marker.display());
+        let err = run(args(&rec, None, &["sh", "-c", &touch]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::NotRecorded(_)), "{err}");
+        assert!(
+            !marker.exists(),
+            "the command ran although no recorder accepted"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    }
+}
