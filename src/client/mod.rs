@@ -94,13 +94,13 @@ pub enum ClientError {
     Usage(String),
     /// `--enforce` and no recorder accepted: the command was not started.
     #[error("not starting the command (--enforce): {0}")]
-    NotRecorded(#[source] recorder::ConnectError),
+    NotRecorded(recorder::ConnectError),
     /// `--enforce` and the stream broke mid-session: the command was terminated.
     #[error("recording stream broke, ending the session (--enforce): {0}")]
-    RecordingBroken(#[source] upload::UploadError),
+    RecordingBroken(upload::UploadError),
     /// `--enforce` and the recorder did not confirm the end of the recording.
     #[error("recording not confirmed (--enforce): {0}")]
-    RecordingUnconfirmed(#[source] upload::UploadError),
+    RecordingUnconfirmed(upload::UploadError),
     /// PTY or terminal setup failed.
     #[error(transparent)]
     Pty(#[from] pty::PtyError),
@@ -108,20 +108,19 @@ pub enum ClientError {
     #[error(transparent)]
     Replay(#[from] replay::ReplayError),
     /// Local I/O failed (output copy, terminal, stdout).
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What we were doing.
         context: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl ClientError {
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
-        move |source| Self::Io { context, source }
+        move |error| Self::Io { context, error }
     }
 }
 
@@ -201,5 +200,21 @@ mod tests {
         assert_eq!(parse_secs("1.25"), Ok(Duration::from_millis(1250)));
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn errors_are_one_line_and_carry_no_duplicate_cause() {
+        // main prints errors with anyhow's `{:#}`, which appends every source: the inner error
+        // is already in the message, so there must be none.
+        let failures = vec!["a:1: connect: refused".to_owned()];
+        let e = ClientError::NotRecorded(recorder::ConnectError::AllFailed(failures));
+        assert_eq!(
+            e.to_string(),
+            "not starting the command (--enforce): no recorder accepted the recording \
+             (a:1: connect: refused)"
+        );
+        assert!(std::error::Error::source(&e).is_none());
+        let io = ClientError::io("writing")(std::io::ErrorKind::BrokenPipe.into());
+        assert!(std::error::Error::source(&io).is_none());
     }
 }

@@ -22,25 +22,24 @@ pub const DEFAULT_SIZE: Size = Size { cols: 80, rows: 24 };
 pub enum PtyError {
     /// `openpty` or an fd flag change failed.
     #[error("cannot set up a pseudo-terminal: {0}")]
-    Open(#[source] Errno),
+    Open(Errno),
     /// The command could not be started.
-    #[error("cannot run {program:?}: {source}")]
+    #[error("cannot run {program:?}: {error}")]
     Spawn {
         /// argv[0].
         program: String,
         /// Why exec (or fork) failed.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// No program to run.
     #[error("empty command")]
     EmptyCommand,
     /// The user's terminal could not be switched to or from raw mode.
     #[error("cannot change terminal mode: {0}")]
-    Termios(#[source] Errno),
+    Termios(Errno),
     /// Registering the master fd with the tokio reactor failed.
     #[error("cannot watch the pseudo-terminal: {0}")]
-    Reactor(#[source] io::Error),
+    Reactor(io::Error),
 }
 
 /// A terminal size in character cells.
@@ -108,9 +107,9 @@ pub fn spawn(argv: &[String], size: Size) -> Result<(Pty, Child), PtyError> {
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(PtyError::Open)?;
     }
     fcntl(&master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(PtyError::Open)?;
-    let spawn_err = |source| PtyError::Spawn {
+    let spawn_err = |error| PtyError::Spawn {
         program: program.clone(),
-        source,
+        error,
     };
     let mut cmd = Command::new(program);
     cmd.args(args)

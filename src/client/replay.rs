@@ -20,13 +20,12 @@ use super::{warn, CatArgs, ClientError, PlayArgs};
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// Opening or reading the file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The recording.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The first line is not an asciicast header object.
     #[error("{path}: missing asciicast v2 header on line 1 ({reason})")]
@@ -192,9 +191,9 @@ pub struct Recording<R> {
 impl Recording<BufReader<std::fs::File>> {
     /// Opens a recording file and reads its header.
     pub fn open(path: &Path) -> Result<Self, ReplayError> {
-        let file = std::fs::File::open(path).map_err(|source| ReplayError::Io {
+        let file = std::fs::File::open(path).map_err(|error| ReplayError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_reader(path, BufReader::new(file))
     }
@@ -204,9 +203,9 @@ impl<R: BufRead> Recording<R> {
     /// Reads the header from `reader`; `path` only names the source in messages.
     pub fn from_reader(path: &Path, mut reader: R) -> Result<Self, ReplayError> {
         let mut line = Vec::new();
-        let io_err = |source| ReplayError::Io {
+        let io_err = |error| ReplayError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         reader.read_until(b'\n', &mut line).map_err(io_err)?;
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -235,9 +234,9 @@ impl<R: BufRead> Recording<R> {
             let n = self
                 .reader
                 .read_until(b'\n', &mut line)
-                .map_err(|source| ReplayError::Io {
+                .map_err(|error| ReplayError::Io {
                     path: self.path.clone(),
-                    source,
+                    error,
                 })?;
             if n == 0 {
                 return Ok(None);
@@ -315,9 +314,9 @@ pub async fn play(args: PlayArgs) -> Result<(), ClientError> {
     // Read the file up front so the playback loop does no blocking I/O.
     let bytes = tokio::fs::read(&args.file)
         .await
-        .map_err(|source| ReplayError::Io {
+        .map_err(|error| ReplayError::Io {
             path: args.file.clone(),
-            source,
+            error,
         })?;
     let mut recording = Recording::from_reader(&args.file, bytes.as_slice())?;
     let idle_limit = args.idle_limit.or(recording.header.idle_time_limit);
