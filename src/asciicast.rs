@@ -88,8 +88,8 @@ struct RawHeader {
 /// Parses and checks one header line (without its newline).
 pub fn parse_header(line: &[u8]) -> Result<Header, String> {
     let text = std::str::from_utf8(line).map_err(|e| format!("header is not valid UTF-8: {e}"))?;
-    let raw: RawHeader = serde_json::from_str(text)
-        .map_err(|e| format!("header is not a JSON object: {e}"))?;
+    let raw: RawHeader =
+        serde_json::from_str(text).map_err(|e| format!("header is not a JSON object: {e}"))?;
     match raw.version.as_ref().and_then(|v| v.as_u64()) {
         Some(2) => {}
         Some(other) => return Err(format!("unsupported asciicast version {other} (want 2)")),
@@ -100,7 +100,11 @@ pub fn parse_header(line: &[u8]) -> Result<Header, String> {
     Ok(Header {
         width,
         height,
-        timestamp: raw.timestamp.as_ref().and_then(|v| v.as_f64()).map(|t| t as i64),
+        timestamp: raw
+            .timestamp
+            .as_ref()
+            .and_then(|v| v.as_f64())
+            .map(|t| t as i64),
         command: string_field(raw.command),
         ssh_user: string_field(raw.ssh_user),
         local_user: string_field(raw.local_user),
@@ -141,7 +145,10 @@ pub fn check_event(line: &[u8]) -> Result<(), String> {
     let event: RawEvent<'_> =
         serde_json::from_str(text).map_err(|e| format!("not a [time, code, data] event: {e}"))?;
     if !(event.0.is_finite() && event.0 >= 0.0) {
-        return Err(format!("event time {} is not a non-negative number", event.0));
+        return Err(format!(
+            "event time {} is not a non-negative number",
+            event.0
+        ));
     }
     if event.1.is_empty() {
         return Err("event code is empty".into());
@@ -199,6 +206,11 @@ impl Validator {
         self.header_seen
     }
 
+    /// Whether the stream so far ends inside a line (no newline after the last byte).
+    pub fn mid_line(&self) -> bool {
+        !self.partial.is_empty() || self.skipping
+    }
+
     /// Number of complete lines read.
     pub fn lines(&self) -> u64 {
         self.line_no - 1
@@ -233,13 +245,21 @@ impl Validator {
             self.end_line(&mut progress);
         } else if has_tail {
             let line = self.line_no;
-            self.flag(&mut progress, line, "stream cut in the middle of a line".into());
+            self.flag(
+                &mut progress,
+                line,
+                "stream cut in the middle of a line".into(),
+            );
         }
         if self.bytes == 0 {
             self.flag(&mut progress, 1, "empty recording: no header".into());
         } else if !self.header_seen {
             let line = self.line_no;
-            self.flag(&mut progress, line, "stream ended before the header line was complete".into());
+            self.flag(
+                &mut progress,
+                line,
+                "stream ended before the header line was complete".into(),
+            );
         }
         progress
     }
@@ -343,7 +363,11 @@ mod tests {
 
     #[test]
     fn samples_are_valid_at_every_split() {
-        for name in ["seed-echo-hi.cast", "asciinema-cli-2.4.cast", "k8s-exec-header.cast"] {
+        for name in [
+            "seed-echo-hi.cast",
+            "asciinema-cli-2.4.cast",
+            "k8s-exec-header.cast",
+        ] {
             let Some(bytes) = sample(name) else {
                 panic!("sample {name} missing under {SAMPLES}");
             };
@@ -448,7 +472,10 @@ mod tests {
 
     #[test]
     fn version_1_is_rejected_with_reason() {
-        let (v, _) = feed_all(b"{\"version\":1,\"width\":80,\"height\":24,\"stdout\":[]}\n", 100);
+        let (v, _) = feed_all(
+            b"{\"version\":1,\"width\":80,\"height\":24,\"stdout\":[]}\n",
+            100,
+        );
         let p = v.problem().expect("problem");
         assert!(p.reason.contains("version 1"), "{}", p.reason);
     }

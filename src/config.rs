@@ -29,7 +29,10 @@ pub enum ConfigError {
     #[error("S3 storage is not available in this build yet (dst {0:?}); use a local directory")]
     S3NotAvailable(String),
     #[error("invalid value for {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// `quorumcast node` flags. Every field is optional so that the config file can fill it.
@@ -105,18 +108,27 @@ impl NodeArgs {
         let defaults = SessionConfig::default();
         let session = SessionConfig {
             ack_interval: Duration::from_millis(
-                positive("ack_interval_ms", self.ack_interval_ms.or(file.ack_interval_ms))?
-                    .unwrap_or(defaults.ack_interval.as_millis() as u64),
+                positive(
+                    "ack_interval_ms",
+                    self.ack_interval_ms.or(file.ack_interval_ms),
+                )?
+                .unwrap_or(defaults.ack_interval.as_millis() as u64),
             ),
             header_timeout: Duration::from_secs(
-                positive("header_timeout_secs", self.header_timeout_secs.or(file.header_timeout_secs))?
-                    .unwrap_or(defaults.header_timeout.as_secs()),
+                positive(
+                    "header_timeout_secs",
+                    self.header_timeout_secs.or(file.header_timeout_secs),
+                )?
+                .unwrap_or(defaults.header_timeout.as_secs()),
             ),
             max_sessions: positive("max_sessions", self.max_sessions.or(file.max_sessions))?
                 .unwrap_or(defaults.max_sessions),
             limits: Limits {
-                max_line_bytes: positive("max_line_bytes", self.max_line_bytes.or(file.max_line_bytes))?
-                    .unwrap_or(defaults.limits.max_line_bytes),
+                max_line_bytes: positive(
+                    "max_line_bytes",
+                    self.max_line_bytes.or(file.max_line_bytes),
+                )?
+                .unwrap_or(defaults.limits.max_line_bytes),
                 ..defaults.limits
             },
         };
@@ -126,7 +138,10 @@ impl NodeArgs {
                 .or(file.statedir)
                 .unwrap_or_else(|| dst.join("state")),
             dst,
-            hostname: self.hostname.or(file.hostname).unwrap_or_else(|| "recorder".into()),
+            hostname: self
+                .hostname
+                .or(file.hostname)
+                .unwrap_or_else(|| "recorder".into()),
             listen: self
                 .listen
                 .or(file.listen)
@@ -185,7 +200,9 @@ mod tests {
                 ..NodeArgs::default()
             };
             let err = args.resolve().expect_err("must refuse");
-            assert!(err.to_string().contains("S3 storage is not available in this build yet"));
+            assert!(err
+                .to_string()
+                .contains("S3 storage is not available in this build yet"));
         }
     }
 
@@ -193,8 +210,11 @@ mod tests {
     fn flags_override_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "dst = \"/from/file\"\nhostname = \"file-host\"\nmax_sessions = 7\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "dst = \"/from/file\"\nhostname = \"file-host\"\nmax_sessions = 7\n",
+        )
+        .expect("write");
         let args = NodeArgs {
             config: Some(path),
             hostname: Some("flag-host".into()),

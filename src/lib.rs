@@ -19,7 +19,7 @@
 //! - [`client`]: the SSH-server side: `record`, `play`, `cat`.
 
 pub mod asciicast;
-// CLIENT pub mod client;
+pub mod client;
 pub mod config;
 pub mod ingest;
 pub mod metrics;

@@ -41,7 +41,9 @@ pub struct MetricsError(String);
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(FSYNC_SECONDS.into()), FSYNC_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_FILES.into()), BATCH_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_FILES.into()), BATCH_BUCKETS)
+        })
         .map_err(|e| MetricsError(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
@@ -56,14 +58,28 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!(SESSIONS_LIVE, "Recordings currently streaming into this node");
+    describe_gauge!(
+        SESSIONS_LIVE,
+        "Recordings currently streaming into this node"
+    );
     describe_counter!(SESSIONS_TOTAL, "Recordings accepted, by protocol");
     describe_counter!(SESSIONS_ENDED, "Recordings ended, by final state");
-    describe_counter!(BYTES_IN, Unit::Bytes, "Recording bytes received from clients");
+    describe_counter!(
+        BYTES_IN,
+        Unit::Bytes,
+        "Recording bytes received from clients"
+    );
     describe_counter!(ACKS_SENT, "v2 ack frames sent");
-    describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "Duration of one group-commit round");
+    describe_histogram!(
+        FSYNC_SECONDS,
+        Unit::Seconds,
+        "Duration of one group-commit round"
+    );
     describe_histogram!(COMMIT_BATCH_FILES, "Files synced per group-commit round");
-    describe_counter!(INVALID_RECORDINGS, "Recordings whose content is not valid asciicast v2");
+    describe_counter!(
+        INVALID_RECORDINGS,
+        "Recordings whose content is not valid asciicast v2"
+    );
     describe_counter!(REFUSALS, "Sessions refused before they started, by reason");
     describe_counter!(EVENTS, "Event bodies received, by result");
 }

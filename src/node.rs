@@ -40,21 +40,30 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let storage = Storage::open(&config.dst, &config.statedir)?;
     let storage_for_recovery = storage.clone();
-    let recovered = tokio::task::spawn_blocking(move || storage_for_recovery.recover_crashed_sessions())
-        .await
-        .map_err(StorageError::from)??;
+    let recovered =
+        tokio::task::spawn_blocking(move || storage_for_recovery.recover_crashed_sessions())
+            .await
+            .map_err(StorageError::from)??;
     for record in &recovered {
         tracing::warn!(id = %record.id, path = %record.path, bytes = record.bytes,
             "session was live when the recorder stopped; marked aborted, bytes kept");
     }
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| NodeError::Listen { addr: config.listen, source })?;
-    let local = listener.local_addr().map_err(|source| NodeError::Listen { addr: config.listen, source })?;
+        .map_err(|source| NodeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| NodeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let tracker = TaskTracker::new();
     let sessions = SessionManager::new(storage, config.session.clone(), shutdown.clone());
     let identity = match &config.tailscaled_socket {
-        Some(socket) => Identity::Tailscaled { socket: socket.clone() },
+        Some(socket) => Identity::Tailscaled {
+            socket: socket.clone(),
+        },
         None => Identity::PeerAddress,
     };
     let state = AppState {
@@ -68,7 +77,10 @@ pub async fn run(
     println!("listening on http://{local}");
     ingest::serve(listener, ingest::router(state), shutdown, tracker.clone()).await;
     tracker.close();
-    if tokio::time::timeout(TASK_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(TASK_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some session tasks did not finish within the shutdown grace");
     }
     tracing::info!("recorder node stopped");

@@ -31,10 +31,14 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 /// `GET /api/v1/sessions?node=&user=&since=&until=&state=`: newest first.
-pub async fn sessions(State(app): State<AppState>, Query(filter): Query<SessionFilter>) -> Response {
+pub async fn sessions(
+    State(app): State<AppState>,
+    Query(filter): Query<SessionFilter>,
+) -> Response {
     if let Some(state) = filter.state.as_deref() {
         if SessionState::parse(state).is_none() {
-            let reason = format!("unknown state {state:?}; use live, complete, aborted or invalid\n");
+            let reason =
+                format!("unknown state {state:?}; use live, complete, aborted or invalid\n");
             return (StatusCode::BAD_REQUEST, reason).into_response();
         }
     }

@@ -21,7 +21,10 @@ pub async fn post_event(State(app): State<AppState>, peer: Peer, request: Reques
         Ok(dir) => dir,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     };
-    let body = match Limited::new(request.into_body(), MAX_EVENT_BYTES).collect().await {
+    let body = match Limited::new(request.into_body(), MAX_EVENT_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             metrics::counter!(m::EVENTS, "result" => "too_large_or_cut").increment(1);
@@ -34,20 +37,36 @@ pub async fn post_event(State(app): State<AppState>, peer: Peer, request: Reques
         Ok(_) => Some("event must be a JSON object".to_string()),
         Err(e) => Some(format!("event is not valid JSON: {e}")),
     };
-    let stored = app.sessions.storage().store_event(&node_dir, body, problem.is_none()).await;
+    let stored = app
+        .sessions
+        .storage()
+        .store_event(&node_dir, body, problem.is_none())
+        .await;
     match (stored, problem) {
         (Err(e), _) => {
             tracing::error!(error = %e, "cannot store event");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("cannot store event: {e}\n")).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot store event: {e}\n"),
+            )
+                .into_response()
         }
         (Ok(path), None) => {
             metrics::counter!(m::EVENTS, "result" => "stored").increment(1);
-            (StatusCode::OK, axum::Json(serde_json::json!({ "path": path }))).into_response()
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({ "path": path })),
+            )
+                .into_response()
         }
         (Ok(path), Some(reason)) => {
             metrics::counter!(m::EVENTS, "result" => "invalid").increment(1);
             tracing::warn!(%path, %reason, "malformed event stored as received");
-            (StatusCode::BAD_REQUEST, format!("{reason} (stored as {path})\n")).into_response()
+            (
+                StatusCode::BAD_REQUEST,
+                format!("{reason} (stored as {path})\n"),
+            )
+                .into_response()
         }
     }
 }

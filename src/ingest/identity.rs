@@ -78,7 +78,10 @@ async fn whois(socket: &PathBuf, peer: SocketAddr) -> Result<String, String> {
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         let body = Limited::new(response.into_body(), WHOIS_MAX_BYTES)
             .collect()
@@ -86,7 +89,10 @@ async fn whois(socket: &PathBuf, peer: SocketAddr) -> Result<String, String> {
             .map_err(|e| e.to_string())?
             .to_bytes();
         if !status.is_success() {
-            return Err(format!("status {status}: {}", String::from_utf8_lossy(&body).trim()));
+            return Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ));
         }
         let who: WhoIs = serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))?;
         who.node
@@ -94,9 +100,17 @@ async fn whois(socket: &PathBuf, peer: SocketAddr) -> Result<String, String> {
             .filter(|id| !id.is_empty())
             .ok_or_else(|| "answer has no Node.StableID".to_string())
     };
-    // The connection future drives the socket; it ends when `sender` is dropped.
+    // The connection future drives the socket. tailscaled may close it right after the
+    // response, before `exchange` has read the buffered body, so its end decides nothing:
+    // a real failure surfaces as an error in `exchange`.
+    let drive = async {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "tailscaled connection ended");
+        }
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         result = exchange => result,
-        ended = connection => Err(format!("connection ended early: {ended:?}")),
+        () = drive => Err("unreachable: connection driver ended".into()),
     }
 }

@@ -61,7 +61,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown`, then lets connections finish.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = connection_builder();
     loop {
@@ -86,7 +91,9 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
                 app.clone().oneshot(request)
             }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tracker.spawn(async move {
             if let Err(e) = connection.await {

@@ -50,7 +50,11 @@ pub async fn record_v1(State(app): State<AppState>, peer: Peer, request: Request
     let task = app.tracker.spawn(session.run(body));
     match task.await {
         Ok(outcome) => v1_response(&outcome),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("session task failed: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("session task failed: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -86,7 +90,9 @@ pub async fn record_v2(State(app): State<AppState>, peer: Peer, request: Request
     let body = request.into_body().into_data_stream();
     app.tracker.spawn(run_v2(session, body, frames, interval));
     let stream = futures_util::stream::unfold(frames_rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (Ok::<_, Infallible>(frame), rx))
+        rx.recv()
+            .await
+            .map(|frame| (Ok::<_, Infallible>(frame), rx))
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -96,7 +102,12 @@ pub async fn record_v2(State(app): State<AppState>, peer: Peer, request: Request
 }
 
 /// Runs the session and its ack stream together, then sends the final frames.
-async fn run_v2(session: Session, body: axum::body::BodyDataStream, frames: mpsc::Sender<Bytes>, interval: Duration) {
+async fn run_v2(
+    session: Session,
+    body: axum::body::BodyDataStream,
+    frames: mpsc::Sender<Bytes>,
+    interval: Duration,
+) {
     let done = CancellationToken::new();
     let acks = ack_loop(session.durable(), interval, frames.clone(), done.clone());
     let run = async {
@@ -110,14 +121,22 @@ async fn run_v2(session: Session, body: axum::body::BodyDataStream, frames: mpsc
         last.push(error_frame(error));
     }
     for frame in last {
-        if tokio::time::timeout(FINAL_FRAME_WAIT, frames.send(frame)).await.is_err() {
+        if tokio::time::timeout(FINAL_FRAME_WAIT, frames.send(frame))
+            .await
+            .is_err()
+        {
             break;
         }
     }
 }
 
 /// Sends an ack when the durable offset advances, and a keep-alive ack when idle.
-async fn ack_loop(mut durable: watch::Receiver<u64>, interval: Duration, frames: mpsc::Sender<Bytes>, done: CancellationToken) {
+async fn ack_loop(
+    mut durable: watch::Receiver<u64>,
+    interval: Duration,
+    frames: mpsc::Sender<Bytes>,
+    done: CancellationToken,
+) {
     let mut keepalive = tokio::time::interval(interval);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -169,7 +188,12 @@ async fn admit(app: &AppState, peer: Peer, protocol: &str) -> Result<Session, Re
 
 fn refusal(status: StatusCode, reason: &str) -> Response {
     // Connection: close on v1 so the client does not try to send the body anyway.
-    (status, [(header::CONNECTION, "close")], format!("{reason}\n")).into_response()
+    (
+        status,
+        [(header::CONNECTION, "close")],
+        format!("{reason}\n"),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -180,7 +204,8 @@ mod tests {
     fn frames_are_json_lines() {
         let ack: serde_json::Value = serde_json::from_slice(&ack_frame(42)).expect("json");
         assert_eq!(ack["ack"], 42);
-        let err: serde_json::Value = serde_json::from_slice(&error_frame("disk \"full\"")).expect("json");
+        let err: serde_json::Value =
+            serde_json::from_slice(&error_frame("disk \"full\"")).expect("json");
         assert_eq!(err["error"], "disk \"full\"");
     }
 
@@ -189,7 +214,12 @@ mod tests {
         let (durable_tx, durable) = watch::channel(0u64);
         let (frames, mut rx) = mpsc::channel(ACK_QUEUE_BOUND);
         let done = CancellationToken::new();
-        let task = tokio::spawn(ack_loop(durable, Duration::from_secs(1), frames, done.clone()));
+        let task = tokio::spawn(ack_loop(
+            durable,
+            Duration::from_secs(1),
+            frames,
+            done.clone(),
+        ));
         assert_eq!(rx.recv().await, Some(ack_frame(0)));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(rx.recv().await, Some(ack_frame(0)), "keep-alive while idle");

@@ -118,7 +118,11 @@ impl SessionManager {
     ///
     /// On success the recording file exists and the index lists it as `live`, so a crash
     /// from here on leaves a findable, `aborted` session.
-    pub async fn open(self: &Arc<Self>, node_dir: &str, protocol: &str) -> Result<Session, Refusal> {
+    pub async fn open(
+        self: &Arc<Self>,
+        node_dir: &str,
+        protocol: &str,
+    ) -> Result<Session, Refusal> {
         let refused = |r: Refusal| {
             metrics::counter!(m::REFUSALS, "reason" => r.label()).increment(1);
             tracing::warn!(reason = %r, node_dir, "refusing session");
@@ -132,7 +136,9 @@ impl SessionManager {
             .clone()
             .try_acquire_owned()
             .map_err(|_| refused(Refusal::TooManySessions(self.config.max_sessions)))?;
-        self.create(node_dir, protocol, permit).await.map_err(|e| refused(e.into()))
+        self.create(node_dir, protocol, permit)
+            .await
+            .map_err(|e| refused(e.into()))
     }
 
     async fn create(
@@ -155,7 +161,13 @@ impl SessionManager {
         metrics::counter!(m::SESSIONS_TOTAL, "protocol" => protocol.to_string()).increment(1);
         metrics::gauge!(m::SESSIONS_LIVE).increment(1.0);
         tracing::info!(id = %record.id, path = %record.path, protocol, "session started");
-        Ok(Session::new(self.clone(), record, recording, counters, permit))
+        Ok(Session::new(
+            self.clone(),
+            record,
+            recording,
+            counters,
+            permit,
+        ))
     }
 
     /// Called by a session as it ends, after its final record is stored.
@@ -183,6 +195,8 @@ impl SessionManager {
 
     fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveCounters>>> {
         // A panic while holding this lock leaves a plain map that is still consistent.
-        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

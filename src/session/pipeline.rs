@@ -155,7 +155,11 @@ impl Session {
     }
 
     /// Checks and appends one batch, then tells the syncer how far we wrote.
-    async fn ingest(&mut self, batch: Bytes, written: &watch::Sender<u64>) -> Result<(), StorageError> {
+    async fn ingest(
+        &mut self,
+        batch: Bytes,
+        written: &watch::Sender<u64>,
+    ) -> Result<(), StorageError> {
         let progress = self.validator.feed(&batch);
         let len = batch.len() as u64;
         self.recording.append(batch).await?;
@@ -184,10 +188,18 @@ impl Session {
 
     /// Decides the final state, stores the record, and leaves the live set.
     async fn finish(mut self, end: End) -> Outcome {
-        let clean = matches!(end, End::Eof);
-        self.validator.finish(clean);
+        // Only a clean end lets the validator judge the tail; a cut stream is the
+        // stream's problem, reported as such below.
+        if matches!(end, End::Eof) {
+            self.validator.finish(true);
+        }
         let content_problem = self.validator.problem().cloned();
-        let next_line = self.validator.lines() + 1;
+        let line = self.validator.lines() + 1;
+        let mid_line = if self.validator.mid_line() {
+            " mid-line"
+        } else {
+            ""
+        };
         let timeout = self.manager.config().header_timeout.as_secs_f64();
         let (state, stream_problem, error) = match end {
             End::Eof if content_problem.is_some() => (SessionState::Invalid, None, None),
@@ -196,7 +208,11 @@ impl Session {
                 let reason = format!("no complete header line within {timeout} s");
                 (SessionState::Invalid, Some(reason.clone()), Some(reason))
             }
-            End::ClientGone(e) => (SessionState::Aborted, Some(format!("client disconnected: {e}")), None),
+            End::ClientGone(e) => (
+                SessionState::Aborted,
+                Some(format!("client disconnected{mid_line}: {e}")),
+                None,
+            ),
             End::Shutdown => {
                 let reason = "recorder shut down during the session".to_string();
                 (SessionState::Aborted, Some(reason.clone()), Some(reason))
@@ -206,10 +222,15 @@ impl Session {
                 (SessionState::Aborted, Some(reason.clone()), Some(reason))
             }
         };
+        // The cause of an early end comes first; otherwise the first content problem.
+        let stream_problem = stream_problem.map(|reason| Problem { line, reason });
+        let problem = match state {
+            SessionState::Invalid if stream_problem.is_some() => stream_problem,
+            _ => content_problem.clone().or(stream_problem),
+        };
         if content_problem.is_some() {
             metrics::counter!(m::INVALID_RECORDINGS).increment(1);
         }
-        let problem = content_problem.or(stream_problem.map(|reason| Problem { line: next_line, reason }));
         self.record.state = state;
         self.record.problem = problem;
         self.record.bytes = self.recording.written();
@@ -313,12 +334,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mgr = manager(dir.path(), SessionConfig::default());
         let session = mgr.open("node-a", "v2").await.expect("open");
-        let body = stream_of(vec![b"{\"version\":2,\"width\":80,", b"\"height\":24}\n[0.1,\"o\",\"hi\"]\n"]);
+        let body = stream_of(vec![
+            b"{\"version\":2,\"width\":80,",
+            b"\"height\":24}\n[0.1,\"o\",\"hi\"]\n",
+        ]);
         let outcome = session.run(body).await;
         assert_eq!(outcome.record.state, SessionState::Complete);
         assert_eq!(outcome.durable, outcome.record.bytes);
-        let stored = std::fs::read(dir.path().join("dst").join(&outcome.record.path)).expect("read");
-        assert_eq!(stored, b"{\"version\":2,\"width\":80,\"height\":24}\n[0.1,\"o\",\"hi\"]\n");
+        let stored =
+            std::fs::read(dir.path().join("dst").join(&outcome.record.path)).expect("read");
+        assert_eq!(
+            stored,
+            b"{\"version\":2,\"width\":80,\"height\":24}\n[0.1,\"o\",\"hi\"]\n"
+        );
         assert_eq!(mgr.live_count(), 0);
     }
 
@@ -327,7 +355,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mgr = manager(dir.path(), SessionConfig::default());
         let session = mgr.open("node-a", "v1").await.expect("open");
-        let outcome = session.run(stream_of(vec![b"garbage\n", b"\xff\xfe more"])).await;
+        let outcome = session
+            .run(stream_of(vec![b"garbage\n", b"\xff\xfe more"]))
+            .await;
         assert_eq!(outcome.record.state, SessionState::Invalid);
         assert_eq!(outcome.record.problem.as_ref().map(|p| p.line), Some(1));
         assert_eq!(outcome.record.bytes, 15);
@@ -377,6 +407,9 @@ mod tests {
         let mgr = manager(dir.path(), config);
         let _first = mgr.open("n", "v2").await.expect("open");
         let second = mgr.open("n", "v2").await;
-        assert!(matches!(second, Err(crate::session::Refusal::TooManySessions(1))));
+        assert!(matches!(
+            second,
+            Err(crate::session::Refusal::TooManySessions(1))
+        ));
     }
 }

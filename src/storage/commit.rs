@@ -75,7 +75,9 @@ fn commit_round(batch: &mut Vec<Request>) {
     let started = Instant::now();
     let mut files: HashMap<*const File, Arc<File>> = HashMap::new();
     for request in batch.iter() {
-        files.entry(Arc::as_ptr(&request.file)).or_insert_with(|| request.file.clone());
+        files
+            .entry(Arc::as_ptr(&request.file))
+            .or_insert_with(|| request.file.clone());
     }
     let files: Vec<Arc<File>> = files.into_values().collect();
     let results = sync_all(&files);
@@ -101,7 +103,9 @@ fn sync_all(files: &[Arc<File>]) -> Vec<std::io::Result<()>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(|f| f.sync_data()).collect::<Vec<_>>()))
+            .map(|chunk| {
+                scope.spawn(move || chunk.iter().map(|f| f.sync_data()).collect::<Vec<_>>())
+            })
             .collect();
         handles
             .into_iter()

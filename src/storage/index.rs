@@ -218,7 +218,10 @@ mod tests {
         }
         let index = Index::open(&path).expect("reopen");
         let all = index.list(&SessionFilter::default()).expect("list");
-        assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(
+            all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["b", "a"]
+        );
         let alice = SessionFilter {
             user: Some("alice".into()),
             ..SessionFilter::default()
@@ -229,6 +232,9 @@ mod tests {
             ..SessionFilter::default()
         };
         assert_eq!(index.list(&live).expect("list")[0].id, "a");
-        assert_eq!(index.get("b").expect("get").map(|r| r.node_dir), Some("n2".into()));
+        assert_eq!(
+            index.get("b").expect("get").map(|r| r.node_dir),
+            Some("n2".into())
+        );
     }
 }

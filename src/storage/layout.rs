@@ -72,7 +72,10 @@ pub fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(PathBuf, 
     }
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,
-        format!("more than {MAX_COLLISIONS} files named {stem} in {}", dir.display()),
+        format!(
+            "more than {MAX_COLLISIONS} files named {stem} in {}",
+            dir.display()
+        ),
     ))
 }
 
@@ -87,10 +90,23 @@ mod tests {
 
     #[test]
     fn traversal_and_separators_are_neutralised() {
-        for evil in ["..", ".", "", "../../etc/passwd", "a/b", "a\\b", "/abs", "x\0y", "..."] {
+        for evil in [
+            "..",
+            ".",
+            "",
+            "../../etc/passwd",
+            "a/b",
+            "a\\b",
+            "/abs",
+            "x\0y",
+            "...",
+        ] {
             let safe = sanitize_component(evil);
             assert!(!safe.contains('/') && !safe.contains('\\') && !safe.contains('\0'));
-            assert!(safe != "." && safe != ".." && !safe.is_empty(), "{evil:?} -> {safe:?}");
+            assert!(
+                safe != "." && safe != ".." && !safe.is_empty(),
+                "{evil:?} -> {safe:?}"
+            );
             assert!(!safe.chars().all(|c| c == '.'), "{evil:?} -> {safe:?}");
         }
     }

@@ -130,9 +130,10 @@ impl Storage {
         let dir = self.dst.join(node_dir);
         let stem = layout::recording_stem(started);
         let node_dir = node_dir.to_string();
-        let (path, file) =
-            tokio::task::spawn_blocking(move || layout::create_unique(&dir, &stem, "cast").map_err(io_at(&dir)))
-                .await??;
+        let (path, file) = tokio::task::spawn_blocking(move || {
+            layout::create_unique(&dir, &stem, "cast").map_err(io_at(&dir))
+        })
+        .await??;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -186,7 +187,10 @@ impl Storage {
         tokio::task::spawn_blocking(move || index.put(&record)).await?
     }
 
-    pub async fn list_records(&self, filter: SessionFilter) -> Result<Vec<SessionRecord>, StorageError> {
+    pub async fn list_records(
+        &self,
+        filter: SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StorageError> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || index.list(&filter)).await?
     }

@@ -1,0 +1,573 @@
+//! A single recorder node, driven by independent real clients (curl) over real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::*;
+
+const HEADER: &str = "{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":1700000000,\"sshUser\":\"bob\",\"localUser\":\"root\",\"srcNode\":\"laptop\",\"connectionID\":\"c-1\"}\n";
+
+#[test]
+fn v1_upload_with_expect_continue_is_byte_identical() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let sample = samples().join("seed-echo-hi.cast");
+    let out = curl(&[
+        "-sS",
+        "-v",
+        "--http1.1",
+        "-H",
+        "Expect: 100-continue",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", sample.display()),
+        &node.url("/record"),
+    ])?;
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        trace.contains("HTTP/1.1 100 Continue"),
+        "no 100 Continue:\n{trace}"
+    );
+    assert!(trace.contains("HTTP/1.1 200"), "no final 200:\n{trace}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["state"], "complete");
+    let sessions = node.sessions("")?;
+    assert_eq!(sessions.len(), 1);
+    let stored = node.read_recording(&sessions[0])?;
+    assert_eq!(sha256(&stored), sha256(&std::fs::read(&sample)?));
+    assert_eq!(sessions[0]["protocol"], "v1");
+    assert_eq!(sessions[0]["header"]["sshUser"], "alice");
+    assert_eq!(sessions[0]["node_dir"], "127.0.0.1");
+    Ok(())
+}
+
+#[test]
+fn v2_upload_acks_every_byte_and_is_byte_identical() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    for name in [
+        "seed-echo-hi.cast",
+        "asciinema-cli-2.4.cast",
+        "k8s-exec-header.cast",
+    ] {
+        let sample = samples().join(name);
+        let bytes = std::fs::read(&sample)?;
+        let out = curl(&[
+            "-sS",
+            "--http2-prior-knowledge",
+            "--data-binary",
+            &format!("@{}", sample.display()),
+            &node.url("/v2/record"),
+        ])?;
+        let acks: Vec<u64> = String::from_utf8(out.stdout)?
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["ack"].as_u64()))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .context("a frame that is not an ack")?;
+        assert_eq!(
+            acks.last().copied(),
+            Some(bytes.len() as u64),
+            "{name}: {acks:?}"
+        );
+        assert!(
+            acks.windows(2).all(|w| w[0] <= w[1]),
+            "acks go backwards: {acks:?}"
+        );
+    }
+    let sessions = node.wait_sessions("complete", 3)?;
+    for record in &sessions {
+        let stored = node.read_recording(record)?;
+        let name = match record["header"]["width"].as_u64() {
+            Some(203) => "seed-echo-hi.cast",
+            Some(100) => "asciinema-cli-2.4.cast",
+            _ => "k8s-exec-header.cast",
+        };
+        assert_eq!(
+            sha256(&stored),
+            sha256(&std::fs::read(samples().join(name))?),
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn v2_probe_is_http2_only_over_h2c() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let h2 = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        "-I",
+        "--http2-prior-knowledge",
+        &node.url("/v2/record"),
+    ])?;
+    assert_eq!(String::from_utf8(h2.stdout)?, "200 2");
+    // Over HTTP/1.1 the answer is not HTTP/2, so a Tailscale client falls back to v1.
+    let h1 = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        "-I",
+        "--http1.1",
+        &node.url("/v2/record"),
+    ])?;
+    assert_eq!(String::from_utf8(h1.stdout)?, "1.1");
+    let event = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-I",
+        "--http2-prior-knowledge",
+        &node.url("/v2/event"),
+    ])?;
+    assert_eq!(String::from_utf8(event.stdout)?, "200");
+    Ok(())
+}
+
+#[test]
+fn idle_v2_session_gets_keepalive_acks() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &["--ack-interval-ms", "200"])?;
+    let mut upload = H2Upload::v2(&node)?;
+    upload.send(HEADER.as_bytes())?;
+    let n = HEADER.len() as u64;
+    upload.wait_ack(n)?;
+    // Idle: no new bytes, yet frames keep coming.
+    let started = Instant::now();
+    let mut keepalives = 0;
+    while started.elapsed() < Duration::from_millis(1100) {
+        if upload
+            .lines
+            .recv_timeout(Duration::from_millis(500))
+            .is_ok()
+        {
+            keepalives += 1;
+        }
+    }
+    assert!(
+        keepalives >= 3,
+        "only {keepalives} keep-alive acks in 1.1 s at 200 ms"
+    );
+    upload.send(b"[0.5,\"o\",\"late\"]\n")?;
+    let total = upload.sent.len() as u64;
+    upload.wait_ack(total)?;
+    upload.finish()?;
+    Ok(())
+}
+
+#[test]
+fn events_are_stored_and_malformed_ones_kept_with_400() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let event = r#"{"type":"Kubernetes API Request","id":"e1","timestamp":"2026-11-25T10:00:00Z","request":{"method":"GET","path":"/api/v1/pods"}}"#;
+    let ok = curl(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        "--http2-prior-knowledge",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        event,
+        &node.url("/v2/event"),
+    ])?;
+    let text = String::from_utf8(ok.stdout)?;
+    assert!(text.ends_with("\n200"), "{text}");
+    let bad = curl(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        "--http2-prior-knowledge",
+        "--data-binary",
+        "{not json",
+        &node.url("/v2/event"),
+    ])?;
+    let text = String::from_utf8(bad.stdout)?;
+    assert!(text.ends_with("\n400"), "{text}");
+    assert!(text.contains("not valid JSON"), "{text}");
+    let dir = node.dst().join("127.0.0.1").join("events");
+    let mut stored: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)?
+        .map(|e| {
+            let e = e?;
+            Ok((
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path())?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    stored.sort_by_key(|(name, _)| name.ends_with(".invalid.json"));
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].1, event.as_bytes());
+    assert!(stored[1].0.ends_with(".invalid.json"));
+    assert_eq!(stored[1].1, b"{not json");
+    Ok(())
+}
+
+/// Every kind of bad recording is stored byte-for-byte and marked with its first problem.
+#[test]
+fn bad_recordings_are_kept_and_marked() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let mut long_line = format!("{HEADER}[0.1,\"o\",\"").into_bytes();
+    long_line.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 10));
+    long_line.extend_from_slice(b"\"]\n[0.2,\"o\",\"after\"]\n");
+    let mut bad_utf8 = HEADER.as_bytes().to_vec();
+    bad_utf8.extend_from_slice(b"[0.1,\"o\",\"\xc3\x28\"]\n");
+    let cases: Vec<(&str, Vec<u8>, u64, &str)> = vec![
+        (
+            "no header",
+            b"hello world\n[0.1,\"o\",\"x\"]\n".to_vec(),
+            1,
+            "header",
+        ),
+        (
+            "bad event",
+            format!("{HEADER}[0.1,\"o\",\"ok\"]\n[0.2,\"o\"\n").into_bytes(),
+            3,
+            "event",
+        ),
+        ("invalid utf-8", bad_utf8, 2, "UTF-8"),
+        ("long line", long_line, 2, "longer than"),
+        ("binary garbage", vec![0u8, 159, 146, 150, 10, 255], 1, ""),
+    ];
+    for (what, body, line, reason) in &cases {
+        let path = tmp.path().join("body");
+        std::fs::write(&path, body)?;
+        let out = curl(&[
+            "-sS",
+            "--http2-prior-knowledge",
+            "--data-binary",
+            &format!("@{}", path.display()),
+            &node.url("/v2/record"),
+        ])?;
+        let last = String::from_utf8(out.stdout)?
+            .lines()
+            .last()
+            .map(str::to_string)
+            .unwrap_or_default();
+        assert_eq!(
+            last,
+            format!("{{\"ack\":{}}}", body.len()),
+            "{what}: every byte acked"
+        );
+        let sessions = node.sessions("?state=invalid")?;
+        let record = &sessions[0];
+        assert_eq!(
+            node.read_recording(record)?,
+            *body,
+            "{what}: stored as sent"
+        );
+        assert_eq!(
+            record["problem"]["line"].as_u64(),
+            Some(*line),
+            "{what}: {record}"
+        );
+        let text = record["problem"]["reason"].as_str().unwrap_or_default();
+        assert!(text.contains(reason), "{what}: reason {text:?}");
+    }
+    assert_eq!(node.sessions("?state=invalid")?.len(), cases.len());
+    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    assert!(
+        metrics.contains(&format!(
+            "quorumcast_invalid_recordings_total {}",
+            cases.len()
+        )),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn client_disconnect_mid_line_keeps_bytes_and_aborts() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let partial = format!("{HEADER}[0.1,\"o\",\"cut here");
+    raw_v1_then_disconnect(&node.addr, partial.as_bytes())?;
+    let sessions = node.wait_sessions("aborted", 1)?;
+    assert_eq!(node.read_recording(&sessions[0])?, partial.as_bytes());
+    assert_eq!(sessions[0]["bytes"].as_u64(), Some(partial.len() as u64));
+    assert_eq!(sessions[0]["problem"]["line"].as_u64(), Some(2));
+    Ok(())
+}
+
+#[test]
+fn slow_header_is_cut_after_the_header_timeout() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &["--header-timeout-secs", "1"])?;
+    let mut upload = H2Upload::v2(&node)?;
+    upload.send(b"{\"version\":2,")?;
+    let started = Instant::now();
+    let lines: Vec<String> = upload
+        .lines
+        .iter()
+        .take_while(|l| !l.contains("error"))
+        .collect();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!lines.is_empty());
+    let sessions = node.wait_sessions("invalid", 1)?;
+    assert_eq!(node.read_recording(&sessions[0])?, b"{\"version\":2,");
+    assert!(sessions[0]["problem"]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("header"));
+    Ok(())
+}
+
+#[test]
+fn full_node_refuses_fast_without_100_continue() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &["--max-sessions", "1"])?;
+    let mut holder = H2Upload::v2(&node)?;
+    holder.send(HEADER.as_bytes())?;
+    holder.wait_ack(HEADER.len() as u64)?;
+    let started = Instant::now();
+    let out = curl(&[
+        "-sS",
+        "-v",
+        "--http1.1",
+        "-H",
+        "Expect: 100-continue",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "x",
+        &node.url("/record"),
+    ])?;
+    let elapsed = started.elapsed();
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(trace.contains("HTTP/1.1 503"), "{trace}");
+    assert!(!trace.contains("100 Continue"), "{trace}");
+    assert!(
+        elapsed < Duration::from_millis(900),
+        "refusal took {elapsed:?}"
+    );
+    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    assert!(
+        metrics.contains("quorumcast_refusals_total{reason=\"too_many_sessions\"} 1"),
+        "{metrics}"
+    );
+    holder.finish()?;
+    Ok(())
+}
+
+#[test]
+fn kill_9_mid_session_keeps_acked_bytes_and_marks_aborted_on_restart() -> Result<()> {
+    let tmp = tempdir();
+    let mut node = Node::start(tmp.path(), &[])?;
+    let mut upload = H2Upload::v2(&node)?;
+    upload.send(HEADER.as_bytes())?;
+    for i in 0..50 {
+        upload.send(format!("[{}.0,\"o\",\"line {i}\\r\\n\"]\n", i).as_bytes())?;
+    }
+    let acked = upload.wait_ack(upload.sent.len() as u64)?;
+    node.kill9();
+    let sent = upload.sent.clone();
+    upload.abort();
+    let node = node.restart()?;
+    let sessions = node.sessions("")?;
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["state"], "aborted");
+    let stored = node.read_recording(&sessions[0])?;
+    assert!(stored.len() as u64 >= acked);
+    assert_eq!(&stored[..], &sent[..stored.len()]);
+    assert_eq!(sessions[0]["bytes"].as_u64(), Some(stored.len() as u64));
+    assert!(node.log_text().contains("marked aborted"));
+    Ok(())
+}
+
+#[test]
+fn sigterm_syncs_marks_sessions_and_exits_zero() -> Result<()> {
+    let tmp = tempdir();
+    let mut node = Node::start(tmp.path(), &[])?;
+    let mut upload = H2Upload::v2(&node)?;
+    upload.send(HEADER.as_bytes())?;
+    upload.send(b"[0.1,\"o\",\"bye\"]\n")?;
+    upload.wait_ack(upload.sent.len() as u64)?;
+    node.signal(libc::SIGTERM);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = node.child.try_wait()? {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status}");
+    let last: Vec<String> = upload.lines.try_iter().collect();
+    assert!(
+        last.iter().any(|l| l.contains("shut down")),
+        "no error frame: {last:?}"
+    );
+    let node = node.restart()?;
+    let sessions = node.sessions("")?;
+    assert_eq!(sessions[0]["state"], "aborted");
+    assert_eq!(node.read_recording(&sessions[0])?, upload.sent);
+    assert!(
+        !node.log_text().contains("marked aborted"),
+        "session was already marked before exit"
+    );
+    Ok(())
+}
+
+#[test]
+fn session_list_filters_and_metrics() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let sample = samples().join("seed-echo-hi.cast");
+    curl(&[
+        "-sS",
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &format!("@{}", sample.display()),
+        &node.url("/v2/record"),
+    ])?;
+    let body = format!("{HEADER}[0.1,\"o\",\"x\"]\n");
+    curl(&[
+        "-sS",
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &body,
+        &node.url("/v2/record"),
+    ])?;
+    node.wait_sessions("complete", 2)?;
+    assert_eq!(node.sessions("?user=alice")?.len(), 1);
+    assert_eq!(node.sessions("?user=root")?.len(), 1);
+    assert_eq!(node.sessions("?node=127.0.0.1")?.len(), 2);
+    assert_eq!(node.sessions("?node=10.0.0.1")?.len(), 0);
+    assert_eq!(node.sessions("?since=2999-01-01T00:00:00Z")?.len(), 0);
+    let all = node.sessions("?since=2000-01-01T00:00:00Z")?;
+    assert_eq!(all.len(), 2);
+    assert!(
+        all[0]["started_at"].as_str() >= all[1]["started_at"].as_str(),
+        "newest first"
+    );
+    let bad = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &node.url("/api/v1/sessions?state=bogus"),
+    ])?;
+    assert_eq!(String::from_utf8(bad.stdout)?, "400");
+    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    for name in [
+        "quorumcast_sessions_live 0",
+        "quorumcast_sessions_total{protocol=\"v2\"} 2",
+        "quorumcast_ingest_bytes_total",
+        "quorumcast_acks_sent_total",
+        "quorumcast_fsync_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    let health = curl(&["-sS", "--fail", &node.url("/healthz")])?;
+    assert!(String::from_utf8(health.stdout)?.contains("\"status\":\"ok\""));
+    Ok(())
+}
+
+#[test]
+fn s3_dst_is_refused_with_a_clear_error() -> Result<()> {
+    let out = std::process::Command::new(BIN)
+        .args(["node", "--dst", "s3://bucket/prefix"])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("S3 storage is not available in this build yet"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// A stand-in for tailscaled's LocalAPI socket (an external dependency, not the thing
+/// under test): answers `whois` with a hostile stable ID to check path sanitising.
+fn fake_tailscaled(socket: &std::path::Path, stable_id: &'static str) -> Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let asked_whois = String::from_utf8_lossy(&request)
+                .starts_with("GET /localapi/v0/whois?addr=127.0.0.1:");
+            let body = if asked_whois {
+                serde_json::json!({"Node": {"StableID": stable_id}}).to_string()
+            } else {
+                "{}".to_string()
+            };
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    Ok(())
+}
+
+#[test]
+fn node_dirs_from_tailscaled_whois_are_sanitized() -> Result<()> {
+    let tmp = tempdir();
+    let socket = tmp.path().join("tailscaled.sock");
+    fake_tailscaled(&socket, "../../../etc/evil")?;
+    let node = Node::start(
+        tmp.path(),
+        &["--tailscaled-socket", socket.to_str().context("utf8")?],
+    )?;
+    let sample = samples().join("seed-echo-hi.cast");
+    let out = curl(&[
+        "-sS",
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &format!("@{}", sample.display()),
+        &node.url("/v2/record"),
+    ])?;
+    let text = String::from_utf8(out.stdout)?;
+    assert!(text.contains("\"ack\":1703"), "{text}\n{}", node.log_text());
+    let event = curl(&[
+        "-sS",
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        "--data-binary",
+        "{}",
+        &node.url("/v2/event"),
+    ])?;
+    assert_eq!(String::from_utf8(event.stdout)?, "200");
+    let sessions = node.sessions("")?;
+    let dir = sessions[0]["node_dir"].as_str().context("node_dir")?;
+    assert_eq!(dir, ".._.._.._etc_evil");
+    // Everything the node wrote is inside dst, in that one directory.
+    let entries: Vec<String> = std::fs::read_dir(node.dst())?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    let mut entries = entries;
+    entries.sort();
+    assert_eq!(entries, [".._.._.._etc_evil", "state"]);
+    assert!(!tmp.path().join("etc").exists());
+    Ok(())
+}
