@@ -1,0 +1,266 @@
+//! `quorumcast record` in a real PTY against a real node; the asciinema CLI reads the result.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::*;
+
+fn record(node_addr: &str, extra: &[&str], command: &[&str]) -> Result<Output> {
+    Ok(Command::new(BIN)
+        .arg("record")
+        .args(["--recorder", node_addr])
+        .args(extra)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+fn asciinema_cat(path: &std::path::Path) -> Result<String> {
+    let out = Command::new("asciinema")
+        .arg("cat")
+        .arg(path)
+        .output()
+        .context("the asciinema CLI is needed (pip install asciinema); .ci/run installs it")?;
+    assert!(
+        out.status.success(),
+        "asciinema cat failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[test]
+fn pty_session_is_stored_byte_identical_and_readable_by_asciinema() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let copy = tmp.path().join("client-copy.cast");
+    let script =
+        "printf 'hello from a pty\\n'; printf '\\033[1;32mgreen\\033[0m caf\\303\\251\\n'; \
+                  if [ -t 1 ]; then echo stdout-is-a-tty; fi; stty size";
+    let out = record(
+        &node.addr,
+        &["--output", copy.to_str().context("utf8")?],
+        &["sh", "-c", script],
+    )?;
+    assert!(
+        out.status.success(),
+        "record failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mirrored = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        mirrored.contains("hello from a pty"),
+        "not mirrored to stdout: {mirrored}"
+    );
+    let sessions = node.wait_sessions("complete", 1)?;
+    let stored_path = node
+        .dst()
+        .join(sessions[0]["path"].as_str().context("path")?);
+    let stored = std::fs::read(&stored_path)?;
+    assert_eq!(
+        sha256(&stored),
+        sha256(&std::fs::read(&copy)?),
+        "stored != client copy"
+    );
+    let text = asciinema_cat(&stored_path)?;
+    assert!(text.contains("hello from a pty"), "{text}");
+    assert!(text.contains("green") && text.contains("café"), "{text}");
+    assert!(
+        text.contains("stdout-is-a-tty"),
+        "command did not run in a PTY: {text}"
+    );
+    assert!(
+        text.contains("24 80"),
+        "default PTY size without a terminal: {text}"
+    );
+    assert_eq!(sessions[0]["protocol"], "v2");
+    Ok(())
+}
+
+#[test]
+fn exit_code_is_the_commands() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let out = record(&node.addr, &[], &["sh", "-c", "echo bye; exit 7"])?;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn enforce_without_a_recorder_never_starts_the_command() -> Result<()> {
+    let tmp = tempdir();
+    let marker = tmp.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let out = record("127.0.0.1:1", &["--enforce"], &["sh", "-c", &script])?;
+    assert!(!out.status.success());
+    assert!(
+        !marker.exists(),
+        "command ran although no recorder accepted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.trim().lines().count() >= 1 && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn fail_open_runs_unrecorded_with_a_warning() -> Result<()> {
+    let tmp = tempdir();
+    let marker = tmp.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let out = record("127.0.0.1:1", &[], &["sh", "-c", &script])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(marker.exists());
+    assert!(!out.stderr.is_empty(), "no warning on stderr");
+    Ok(())
+}
+
+#[test]
+fn refusing_recorder_is_skipped_for_the_next() -> Result<()> {
+    let tmp = tempdir();
+    let full = Node::start(&tmp.path().join("full"), &["--max-sessions", "1"])?;
+    let mut holder = H2Upload::v2(&full)?;
+    holder.send(b"{\"version\":2,\"width\":80,\"height\":24}\n")?;
+    holder.wait_ack(1)?;
+    let healthy = Node::start(&tmp.path().join("healthy"), &[])?;
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "--recorder",
+            &full.addr,
+            "--recorder",
+            &healthy.addr,
+            "--enforce",
+            "--",
+        ])
+        .args(["sh", "-c", "echo went-to-the-second"])
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sessions = healthy.wait_sessions("complete", 1)?;
+    assert!(
+        String::from_utf8_lossy(&healthy.read_recording(&sessions[0])?)
+            .contains("went-to-the-second")
+    );
+    Ok(())
+}
+
+#[test]
+fn enforce_terminates_the_command_when_the_recorder_dies() -> Result<()> {
+    let tmp = tempdir();
+    let mut node = Node::start(tmp.path(), &[])?;
+    let mut child = Command::new(BIN)
+        .args([
+            "record",
+            "--recorder",
+            &node.addr,
+            "--enforce",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 60",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    node.wait_sessions("live", 1)?;
+    node.kill9();
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if killed_at.elapsed() > Duration::from_secs(40) {
+            let _ = child.kill();
+            anyhow::bail!("enforce session still running 40 s after its recorder died");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut err)?;
+    assert!(!err.trim().is_empty(), "no reason printed");
+    Ok(())
+}
+
+#[test]
+fn force_command_mode_fills_the_header_from_sshd_environment() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let out = Command::new(BIN)
+        .args(["record", "--recorder", &node.addr])
+        .env("SSH_ORIGINAL_COMMAND", "echo forced-command")
+        .env("SSH_CONNECTION", "10.1.2.3 50000 10.0.0.1 22")
+        .env("USER", "carol")
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sessions = node.wait_sessions("complete", 1)?;
+    let header = &sessions[0]["header"];
+    assert_eq!(header["sshUser"], "carol");
+    assert_eq!(header["localUser"], "carol");
+    assert_eq!(header["srcNode"], "10.1.2.3");
+    assert!(header["connectionID"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    assert!(String::from_utf8_lossy(&node.read_recording(&sessions[0])?).contains("forced-command"));
+    assert_eq!(node.sessions("?user=carol")?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn cat_and_play_read_the_samples() -> Result<()> {
+    for (name, expect) in [
+        ("seed-echo-hi.cast", "echo hi"),
+        ("asciinema-cli-2.4.cast", "quorumcast sample"),
+        ("k8s-exec-header.cast", "bin    dev"),
+    ] {
+        let path = samples().join(name);
+        let cat = Command::new(BIN).arg("cat").arg(&path).output()?;
+        assert!(cat.status.success());
+        assert!(
+            String::from_utf8_lossy(&cat.stdout).contains(expect),
+            "{name}"
+        );
+        let play = Command::new(BIN)
+            .args(["play", "--speed", "50", "--idle-limit", "0.1"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()?;
+        assert!(
+            play.status.success(),
+            "{}",
+            String::from_utf8_lossy(&play.stderr)
+        );
+        assert_eq!(
+            play.stdout, cat.stdout,
+            "{name}: play and cat disagree on the output bytes"
+        );
+    }
+    Ok(())
+}
