@@ -48,18 +48,31 @@ struct WhoIsNode {
     stable_id: Option<String>,
 }
 
+/// Names under dst that belong to the node itself (the default statedir is `<dst>/state`).
+const RESERVED: &[&str] = &["state"];
+
+/// A safe directory name that can't collide with the node's own directories.
+fn node_dir_name(raw: &str) -> String {
+    let name = sanitize_component(raw);
+    if RESERVED.contains(&name.as_str()) {
+        format!("_{name}")
+    } else {
+        name
+    }
+}
+
 impl Identity {
     /// The sanitized directory name for recordings from `peer`.
     pub async fn node_dir(&self, peer: SocketAddr) -> Result<String, IdentityError> {
         match self {
-            Identity::PeerAddress => Ok(sanitize_component(&peer.ip().to_canonical().to_string())),
+            Identity::PeerAddress => Ok(node_dir_name(&peer.ip().to_canonical().to_string())),
             Identity::Tailscaled { socket } => {
                 let fail = |message: String| IdentityError::Whois { peer, message };
                 let id = tokio::time::timeout(WHOIS_TIMEOUT, whois(socket, peer))
                     .await
                     .map_err(|_| fail("timed out".into()))?
                     .map_err(fail)?;
-                Ok(sanitize_component(&id))
+                Ok(node_dir_name(&id))
             }
         }
     }
@@ -112,5 +125,17 @@ async fn whois(socket: &PathBuf, peer: SocketAddr) -> Result<String, String> {
     tokio::select! {
         result = exchange => result,
         () = drive => Err("unreachable: connection driver ended".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_prefixed() {
+        assert_eq!(node_dir_name("state"), "_state");
+        assert_eq!(node_dir_name("nXyZ12CNTRL"), "nXyZ12CNTRL");
+        assert_eq!(node_dir_name("../state"), ".._state");
     }
 }

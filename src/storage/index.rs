@@ -176,7 +176,7 @@ impl Index {
 
     fn write(
         &self,
-        f: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<(), redb::Error>,
+        f: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<(), redb::StorageError>,
     ) -> Result<(), StorageError> {
         let txn = self.db.begin_write().map_err(index_err)?;
         {
