@@ -83,6 +83,60 @@ struct FileConfig {
     header_timeout_secs: Option<u64>,
     max_sessions: Option<usize>,
     max_line_bytes: Option<usize>,
+    cluster: Option<ClusterFileConfig>,
+}
+
+/// `[cluster]` in the config file: this node's place in a recorder set. Relative paths
+/// are relative to the config file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFileConfig {
+    node_id: u64,
+    listen: SocketAddr,
+    advertise_cluster: Option<String>,
+    advertise_ingest: Option<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    initial_members: Vec<MemberConfig>,
+    heartbeat_ms: Option<u64>,
+    election_min_ms: Option<u64>,
+    election_max_ms: Option<u64>,
+    disk_check_ms: Option<u64>,
+}
+
+/// One member of the initial set, as the config file names it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    /// QUIC address peers dial for Raft and replication.
+    pub cluster_addr: String,
+    /// HTTP address clients (and `cluster status`) use.
+    pub ingest_addr: String,
+}
+
+/// A validated cluster configuration.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// What peers should dial to reach this node's QUIC endpoint.
+    pub advertise_cluster: String,
+    /// What clients should dial to reach this node's HTTP ingest.
+    pub advertise_ingest: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Members that bootstrap the set on first start; empty to join later as a learner.
+    pub initial_members: Vec<MemberConfig>,
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// How often the dst file system's usage is checked.
+    pub disk_check: Duration,
 }
 
 /// A validated node configuration.
@@ -94,6 +148,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub tailscaled_socket: Option<PathBuf>,
     pub session: SessionConfig,
+    /// `None`: a standalone recorder (no Raft, no replication).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl NodeArgs {
@@ -103,6 +159,12 @@ impl NodeArgs {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let base = self
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let dst = self.dst.or(file.dst).ok_or(ConfigError::MissingDst)?;
         let dst = local_dst(&dst)?;
         let defaults = SessionConfig::default();
@@ -132,6 +194,11 @@ impl NodeArgs {
                 ..defaults.limits
             },
         };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 80)));
+        let cluster = file.cluster.map(|c| cluster_config(c, &base, listen)).transpose()?;
         Ok(NodeConfig {
             statedir: self
                 .statedir
@@ -142,14 +209,50 @@ impl NodeArgs {
                 .hostname
                 .or(file.hostname)
                 .unwrap_or_else(|| "recorder".into()),
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 80))),
+            listen,
             tailscaled_socket: self.tailscaled_socket.or(file.tailscaled_socket),
             session,
+            cluster,
         })
     }
+}
+
+fn cluster_config(c: ClusterFileConfig, base: &Path, listen: SocketAddr) -> Result<ClusterConfig, ConfigError> {
+    let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
+    let config = ClusterConfig {
+        node_id: c.node_id,
+        listen: c.listen,
+        advertise_cluster: c.advertise_cluster.unwrap_or_else(|| c.listen.to_string()),
+        advertise_ingest: c.advertise_ingest.unwrap_or_else(|| listen.to_string()),
+        ca: base.join(c.ca),
+        cert: base.join(c.cert),
+        key: base.join(c.key),
+        initial_members: c.initial_members,
+        heartbeat: ms(c.heartbeat_ms, 100),
+        election_min: ms(c.election_min_ms, 800),
+        election_max: ms(c.election_max_ms, 1600),
+        disk_check: ms(c.disk_check_ms, 1000),
+    };
+    let invalid = |message: &str| ConfigError::Invalid {
+        field: "cluster",
+        message: message.to_string(),
+    };
+    if config.heartbeat.is_zero() || config.election_min <= config.heartbeat * 2 {
+        return Err(invalid("election_min_ms must be more than twice heartbeat_ms"));
+    }
+    if config.election_max <= config.election_min {
+        return Err(invalid("election_max_ms must be greater than election_min_ms"));
+    }
+    let mut ids: Vec<u64> = config.initial_members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != config.initial_members.len() {
+        return Err(invalid("initial_members has duplicate ids"));
+    }
+    if !config.initial_members.is_empty() && !ids.contains(&config.node_id) {
+        return Err(invalid("initial_members must include this node's node_id (or be empty to join later)"));
+    }
+    Ok(config)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -226,6 +329,50 @@ mod tests {
         assert_eq!(config.hostname, "flag-host");
         assert_eq!(config.session.max_sessions, 7);
         assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 80)));
+    }
+
+    #[test]
+    fn cluster_section_resolves_relative_paths_and_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node1.toml");
+        let text = r#"
+            dst = "/x"
+            listen = "127.0.0.1:8081"
+            [cluster]
+            node_id = 1
+            listen = "127.0.0.1:7001"
+            ca = "certs/ca.pem"
+            cert = "certs/node1/node.pem"
+            key = "certs/node1/node.key"
+            initial_members = [
+              { id = 1, cluster_addr = "127.0.0.1:7001", ingest_addr = "127.0.0.1:8081" },
+              { id = 2, cluster_addr = "127.0.0.1:7002", ingest_addr = "127.0.0.1:8082" },
+            ]
+        "#;
+        std::fs::write(&path, text).expect("write");
+        let args = NodeArgs {
+            config: Some(path),
+            ..NodeArgs::default()
+        };
+        let cluster = args.resolve().expect("resolve").cluster.expect("cluster");
+        assert_eq!(cluster.ca, dir.path().join("certs/ca.pem"));
+        assert_eq!(cluster.advertise_ingest, "127.0.0.1:8081");
+        assert_eq!(cluster.advertise_cluster, "127.0.0.1:7001");
+        assert_eq!(cluster.initial_members.len(), 2);
+        assert_eq!(cluster.heartbeat, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn cluster_members_must_include_self() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("n.toml");
+        let text = "dst = \"/x\"\n[cluster]\nnode_id = 9\nlisten = \"127.0.0.1:7001\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\ninitial_members = [{ id = 1, cluster_addr = \"x:1\", ingest_addr = \"x:2\" }]\n";
+        std::fs::write(&path, text).expect("write");
+        let args = NodeArgs {
+            config: Some(path),
+            ..NodeArgs::default()
+        };
+        assert!(matches!(args.resolve(), Err(ConfigError::Invalid { .. })));
     }
 
     #[test]
