@@ -104,6 +104,7 @@ struct ClusterFileConfig {
     election_min_ms: Option<u64>,
     election_max_ms: Option<u64>,
     disk_check_ms: Option<u64>,
+    snapshot_logs: Option<u64>,
 }
 
 /// One member of the initial set, as the config file names it.
@@ -137,6 +138,8 @@ pub struct ClusterConfig {
     pub election_max: Duration,
     /// How often the dst file system's usage is checked.
     pub disk_check: Duration,
+    /// Applied log entries between Raft snapshots (default 5000).
+    pub snapshot_logs: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -165,8 +168,12 @@ impl NodeArgs {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let dst = self.dst.or(file.dst).ok_or(ConfigError::MissingDst)?;
-        let dst = local_dst(&dst)?;
+        // Paths from the file are relative to the file; paths from flags to the cwd.
+        let dst = match (self.dst, file.dst) {
+            (Some(flag), _) => local_dst(&flag)?,
+            (None, Some(from_file)) => base.join(local_dst(&from_file)?),
+            (None, None) => return Err(ConfigError::MissingDst),
+        };
         let defaults = SessionConfig::default();
         let session = SessionConfig {
             ack_interval: Duration::from_millis(
@@ -198,11 +205,14 @@ impl NodeArgs {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 80)));
-        let cluster = file.cluster.map(|c| cluster_config(c, &base, listen)).transpose()?;
+        let cluster = file
+            .cluster
+            .map(|c| cluster_config(c, &base, listen))
+            .transpose()?;
         Ok(NodeConfig {
             statedir: self
                 .statedir
-                .or(file.statedir)
+                .or(file.statedir.map(|p| base.join(p)))
                 .unwrap_or_else(|| dst.join("state")),
             dst,
             hostname: self
@@ -217,7 +227,11 @@ impl NodeArgs {
     }
 }
 
-fn cluster_config(c: ClusterFileConfig, base: &Path, listen: SocketAddr) -> Result<ClusterConfig, ConfigError> {
+fn cluster_config(
+    c: ClusterFileConfig,
+    base: &Path,
+    listen: SocketAddr,
+) -> Result<ClusterConfig, ConfigError> {
     let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
     let config = ClusterConfig {
         node_id: c.node_id,
@@ -232,16 +246,21 @@ fn cluster_config(c: ClusterFileConfig, base: &Path, listen: SocketAddr) -> Resu
         election_min: ms(c.election_min_ms, 800),
         election_max: ms(c.election_max_ms, 1600),
         disk_check: ms(c.disk_check_ms, 1000),
+        snapshot_logs: c.snapshot_logs,
     };
     let invalid = |message: &str| ConfigError::Invalid {
         field: "cluster",
         message: message.to_string(),
     };
     if config.heartbeat.is_zero() || config.election_min <= config.heartbeat * 2 {
-        return Err(invalid("election_min_ms must be more than twice heartbeat_ms"));
+        return Err(invalid(
+            "election_min_ms must be more than twice heartbeat_ms",
+        ));
     }
     if config.election_max <= config.election_min {
-        return Err(invalid("election_max_ms must be greater than election_min_ms"));
+        return Err(invalid(
+            "election_max_ms must be greater than election_min_ms",
+        ));
     }
     let mut ids: Vec<u64> = config.initial_members.iter().map(|m| m.id).collect();
     ids.sort_unstable();
@@ -250,7 +269,9 @@ fn cluster_config(c: ClusterFileConfig, base: &Path, listen: SocketAddr) -> Resu
         return Err(invalid("initial_members has duplicate ids"));
     }
     if !config.initial_members.is_empty() && !ids.contains(&config.node_id) {
-        return Err(invalid("initial_members must include this node's node_id (or be empty to join later)"));
+        return Err(invalid(
+            "initial_members must include this node's node_id (or be empty to join later)",
+        ));
     }
     Ok(config)
 }

@@ -17,9 +17,16 @@
 //! - [`metrics`]: metric names and the Prometheus exporter.
 //! - [`node`]: wires the above into a running recorder and shuts it down.
 //! - [`client`]: the SSH-server side: `record`, `play`, `cat`.
+//! - [`cluster`]: the recorder set's control plane (Raft over QUIC with mutual TLS):
+//!   membership, session claims with fencing epochs, disk state. Beside the data path;
+//!   `session` reaches it only through the `Admission` trait.
+//! - [`admin`]: the operator's `cluster` commands, an HTTP client of the cluster API.
+//! - [`cluster`]: the clustered recorder set: Raft control plane and replication.
 
+pub mod admin;
 pub mod asciicast;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod metrics;

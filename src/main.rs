@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use quorumcast::{client, config::NodeArgs, node};
+use quorumcast::{admin, client, cluster::certs, config::NodeArgs, node};
 
 /// A highly available, clustered recorder for SSH session recordings.
 #[derive(Parser)]
@@ -24,6 +24,35 @@ enum Command {
     Play(client::PlayArgs),
     /// Print a recording's output text.
     Cat(client::CatArgs),
+    /// Inspect and change the recorder set through any node's HTTP address.
+    Cluster(admin::ClusterArgs),
+    /// Create the cluster CA and node certificates (mutual TLS between nodes).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key (0600).
+    Init {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Issue a node certificate signed by the CA: DIR/node.pem and DIR/node.key (0600).
+    Issue {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        #[arg(long)]
+        node_id: u64,
+        /// Extra DNS names or IP addresses the node is reached at (repeatable).
+        #[arg(long)]
+        san: Vec<String>,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +81,8 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::Play(args) => client::run_play(args).await.map(|()| 0).map_err(Into::into),
         Command::Cat(args) => client::run_cat(args).map(|()| 0).map_err(Into::into),
+        Command::Cluster(args) => admin::run(args).await.map(|()| 0).map_err(Into::into),
+        Command::Certs { command } => run_certs(command).map(|()| 0),
     }
 }
 
@@ -64,6 +95,28 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let result = node::run(config, Some(metrics), shutdown).await;
     signals.abort();
     result.map_err(Into::into)
+}
+
+fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init { out } => {
+            certs::init_ca(&out)?;
+            println!("cluster CA written to {}", out.display());
+        }
+        CertsCommand::Issue {
+            ca,
+            node_id,
+            san,
+            out,
+        } => {
+            certs::issue_node(&ca, node_id, &san, &out)?;
+            println!(
+                "certificate for node {node_id} written to {}",
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown.
@@ -101,7 +154,7 @@ fn raise_fd_limit() {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

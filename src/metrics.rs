@@ -27,9 +27,33 @@ pub const REFUSALS: &str = "quorumcast_refusals_total";
 /// Counter: `/v2/event` bodies, by `result` (stored, invalid).
 pub const EVENTS: &str = "quorumcast_events_total";
 
+/// Gauge: the Raft term this node is in.
+pub const RAFT_TERM: &str = "quorumcast_raft_term";
+/// Gauge: the leader's node id as this node knows it (-1: none).
+pub const RAFT_LEADER: &str = "quorumcast_raft_leader_id";
+/// Gauge: 1 on the leader.
+pub const RAFT_IS_LEADER: &str = "quorumcast_raft_is_leader";
+/// Gauge: index of the last entry in this node's Raft log.
+pub const RAFT_LAST_LOG_INDEX: &str = "quorumcast_raft_last_log_index";
+/// Gauge: index of the last entry applied to the state machine.
+pub const RAFT_APPLIED_INDEX: &str = "quorumcast_raft_applied_index";
+/// Gauge: voters and learners in the membership.
+pub const RAFT_MEMBERS: &str = "quorumcast_raft_members";
+/// Histogram: time to claim a session through Raft, seconds.
+pub const CLAIM_SECONDS: &str = "quorumcast_claim_seconds";
+/// Gauge: each node's disk state as the cluster knows it (0 ok, 1 pressure, 2 full), by `node`.
+pub const DISK_STATE: &str = "quorumcast_disk_state";
+/// Gauge: this node's dst file system, bytes free and total.
+pub const DISK_FREE_BYTES: &str = "quorumcast_disk_free_bytes";
+pub const DISK_TOTAL_BYTES: &str = "quorumcast_disk_total_bytes";
+
 /// fsync latencies on SSDs are 0.1–10 ms, on busy or network disks up to seconds.
 const FSYNC_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Claims are a Raft round trip: sub-millisecond on loopback, tens of ms across sites.
+const CLAIM_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
@@ -44,6 +68,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_FILES.into()), BATCH_BUCKETS)
         })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLAIM_SECONDS.into()), CLAIM_BUCKETS))
         .map_err(|e| MetricsError(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
@@ -82,4 +107,32 @@ fn describe() {
     );
     describe_counter!(REFUSALS, "Sessions refused before they started, by reason");
     describe_counter!(EVENTS, "Event bodies received, by result");
+    describe_gauge!(RAFT_TERM, "Raft term of this node");
+    describe_gauge!(
+        RAFT_LEADER,
+        "Leader node id as this node knows it (-1 none)"
+    );
+    describe_gauge!(RAFT_IS_LEADER, "1 if this node is the Raft leader");
+    describe_gauge!(RAFT_LAST_LOG_INDEX, "Index of the last Raft log entry");
+    describe_gauge!(
+        RAFT_APPLIED_INDEX,
+        "Index of the last applied Raft log entry"
+    );
+    describe_gauge!(RAFT_MEMBERS, "Voters and learners in the membership");
+    describe_histogram!(
+        CLAIM_SECONDS,
+        Unit::Seconds,
+        "Time to claim a session through Raft"
+    );
+    describe_gauge!(DISK_STATE, "Disk state per node: 0 ok, 1 pressure, 2 full");
+    describe_gauge!(
+        DISK_FREE_BYTES,
+        Unit::Bytes,
+        "Free bytes on this node's dst file system"
+    );
+    describe_gauge!(
+        DISK_TOTAL_BYTES,
+        Unit::Bytes,
+        "Size of this node's dst file system"
+    );
 }

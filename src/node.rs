@@ -11,6 +11,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::admission::ClusterAdmission;
+use crate::cluster::member::Member;
+use crate::cluster::ClusterError;
 use crate::config::NodeConfig;
 use crate::ingest::{self, identity::Identity, AppState};
 use crate::session::SessionManager;
@@ -23,6 +26,8 @@ const TASK_GRACE: Duration = Duration::from_secs(15);
 pub enum NodeError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -59,7 +64,28 @@ pub async fn run(
         source,
     })?;
     let tracker = TaskTracker::new();
-    let sessions = SessionManager::new(storage, config.session.clone(), shutdown.clone());
+    let cluster = match &config.cluster {
+        Some(cluster) => {
+            let member = Member::start(
+                cluster.clone(),
+                &config.statedir,
+                config.dst.clone(),
+                shutdown.clone(),
+                &tracker,
+            )
+            .await?;
+            Some(member)
+        }
+        None => None,
+    };
+    let admission: Arc<dyn crate::session::Admission> = match &cluster {
+        Some(member) => Arc::new(ClusterAdmission {
+            member: member.clone(),
+        }),
+        None => Arc::new(crate::session::Standalone),
+    };
+    let sessions =
+        SessionManager::new(storage, config.session.clone(), shutdown.clone(), admission);
     let identity = match &config.tailscaled_socket {
         Some(socket) => Identity::Tailscaled {
             socket: socket.clone(),
@@ -72,6 +98,7 @@ pub async fn run(
         metrics,
         hostname: config.hostname.clone().into(),
         tracker: tracker.clone(),
+        cluster,
     };
     tracing::info!(%local, dst = %config.dst.display(), statedir = %config.statedir.display(), "recorder node started");
     println!("listening on http://{local}");

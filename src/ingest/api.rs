@@ -7,14 +7,30 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use crate::storage::index::{SessionFilter, SessionState};
 
-/// `GET /healthz`: 200 while the node takes sessions.
+/// `GET /healthz`: 200 while the node can take sessions; in a recorder set, that needs a
+/// leader in touch with its quorum (503 with the reason otherwise).
 pub async fn healthz(State(app): State<AppState>) -> Response {
+    let problem = app
+        .cluster
+        .as_ref()
+        .and_then(|member| member.quorum_problem());
+    let leader = app
+        .cluster
+        .as_ref()
+        .and_then(|member| member.raft.metrics().borrow().current_leader);
     let body = serde_json::json!({
-        "status": "ok",
+        "status": if problem.is_none() { "ok" } else { "unavailable" },
+        "problem": problem,
         "hostname": &*app.hostname,
         "live_sessions": app.sessions.live_count(),
+        "leader": leader,
     });
-    (StatusCode::OK, axum::Json(body)).into_response()
+    let status = if problem.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -7,6 +7,7 @@
 //! and durable offsets into ack frames; it never touches files or decides durability.
 
 pub mod api;
+pub mod cluster_api;
 pub mod events;
 pub mod identity;
 pub mod record;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub hostname: Arc<str>,
     /// Session tasks run here so that shutdown can wait for them to mark their sessions.
     pub tracker: TaskTracker,
+    /// This node's place in a recorder set; `None` when standalone.
+    pub cluster: Option<Arc<crate::cluster::member::Member>>,
 }
 
 /// The routes of a recorder node.
@@ -54,6 +57,15 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .route("/api/v1/sessions", get(api::sessions))
+        .route("/api/v1/cluster/status", get(cluster_api::status))
+        .route("/api/v1/cluster/sessions", get(cluster_api::sessions))
+        .route("/api/v1/cluster/learners", post(cluster_api::add_learner))
+        .route("/api/v1/cluster/promote", post(cluster_api::promote))
+        .route("/api/v1/cluster/remove", post(cluster_api::remove))
+        .route(
+            "/api/v1/cluster/settings",
+            get(cluster_api::settings).post(cluster_api::set_settings),
+        )
         // Recording bodies are streams that last as long as a session; events set their
         // own limit.
         .layer(DefaultBodyLimit::disable())

@@ -6,9 +6,11 @@
 //! state. It knows nothing of HTTP (ingest turns requests into byte streams and durable
 //! offsets into frames) and nothing of files (storage does).
 //!
-//! The seam for replication: a session appends to its recording and learns its durable
-//! offset from a sync loop. Replication slots in there, making "durable" mean "durable
-//! on a majority" without changing ingest.
+//! Two seams face the cluster. [`Admission`] decides whether a session may start (and, in
+//! a recorder set, claims it through Raft, fencing epoch and replica set included); a
+//! standalone node uses [`Standalone`]. And a session appends to its recording and learns
+//! its durable offset from a sync loop: replication slots in there, making "durable" mean
+//! "durable on a majority" without changing ingest.
 
 pub mod pipeline;
 
@@ -18,12 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::asciicast::Limits;
 use crate::metrics as m;
-use crate::storage::index::{SessionFilter, SessionRecord};
+use crate::storage::index::{SessionFilter, SessionRecord, SessionState};
 use crate::storage::{Storage, StorageError};
 
 pub use self::pipeline::{Outcome, Session};
@@ -61,6 +64,12 @@ pub enum Refusal {
     ShuttingDown,
     #[error("recorder cannot create the recording: {0}")]
     Storage(#[from] StorageError),
+    #[error("recorder set has no quorum here: {0}")]
+    NoQuorum(String),
+    #[error("recorder disk is under pressure: {0}")]
+    DiskPressure(String),
+    #[error("recorder set did not grant the session: {0}")]
+    ClaimFailed(String),
 }
 
 impl Refusal {
@@ -70,7 +79,58 @@ impl Refusal {
             Refusal::TooManySessions(_) => "too_many_sessions",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::Storage(_) => "storage_error",
+            Refusal::NoQuorum(_) => "no_quorum",
+            Refusal::DiskPressure(_) => "disk_pressure",
+            Refusal::ClaimFailed(_) => "claim_failed",
         }
+    }
+}
+
+/// What a node asks before a session starts.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub id: String,
+    pub node_dir: String,
+    pub file_name: String,
+    pub started_at_ms: i64,
+}
+
+/// What the recorder set granted: the fencing epoch and who keeps copies (owner first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub epoch: u64,
+    pub replicas: Vec<u64>,
+}
+
+/// Who may start sessions. A standalone node always may; a recorder-set node asks Raft.
+pub trait Admission: Send + Sync + 'static {
+    /// Cheap local checks (disk state, known leader) that refuse in microseconds.
+    fn check(&self) -> Result<(), Refusal>;
+    /// Claims the session for this node; bounded in time by the implementation.
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claim, Refusal>>;
+    /// Tells the set the session ended (best effort; a later sweep catches misses).
+    fn ended(&self, id: String, epoch: u64, state: SessionState) -> BoxFuture<'_, ()>;
+}
+
+/// A node on its own: every session is its own, epoch 1, no replicas.
+pub struct Standalone;
+
+impl Admission for Standalone {
+    fn check(&self) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn claim(&self, _request: ClaimRequest) -> BoxFuture<'_, Result<Claim, Refusal>> {
+        Box::pin(async {
+            Ok(Claim {
+                epoch: 1,
+                replicas: Vec::new(),
+            })
+        })
+    }
+
+    fn ended(&self, _id: String, _epoch: u64, _state: SessionState) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 
@@ -93,17 +153,29 @@ pub struct SessionManager {
     live: Mutex<HashMap<String, Arc<LiveCounters>>>,
     /// Cancelled on shutdown: every session stops reading, syncs, and is marked.
     shutdown: CancellationToken,
+    /// Standalone, or the recorder set's claims through Raft.
+    admission: Arc<dyn Admission>,
 }
 
 impl SessionManager {
-    pub fn new(storage: Storage, config: SessionConfig, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        storage: Storage,
+        config: SessionConfig,
+        shutdown: CancellationToken,
+        admission: Arc<dyn Admission>,
+    ) -> Arc<Self> {
         Arc::new(SessionManager {
             permits: Arc::new(Semaphore::new(config.max_sessions)),
             storage,
             config,
             live: Mutex::new(HashMap::new()),
             shutdown,
+            admission,
         })
+    }
+
+    pub fn admission(&self) -> &Arc<dyn Admission> {
+        &self.admission
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -136,9 +208,10 @@ impl SessionManager {
             .clone()
             .try_acquire_owned()
             .map_err(|_| refused(Refusal::TooManySessions(self.config.max_sessions)))?;
+        self.admission.check().map_err(refused)?;
         self.create(node_dir, protocol, permit)
             .await
-            .map_err(|e| refused(e.into()))
+            .map_err(refused)
     }
 
     async fn create(
@@ -146,15 +219,32 @@ impl SessionManager {
         node_dir: &str,
         protocol: &str,
         permit: OwnedSemaphorePermit,
-    ) -> Result<Session, StorageError> {
-        let recording = self.storage.create_recording(node_dir, Utc::now()).await?;
+    ) -> Result<Session, Refusal> {
+        let started = Utc::now();
+        let recording = self.storage.create_recording(node_dir, started).await?;
         let id = uuid::Uuid::new_v4().to_string();
-        let record = SessionRecord::new_live(
+        let request = ClaimRequest {
+            id: id.clone(),
+            node_dir: node_dir.to_string(),
+            file_name: recording.file_name().to_string(),
+            started_at_ms: started.timestamp_millis(),
+        };
+        let claim = match self.admission.claim(request).await {
+            Ok(claim) => claim,
+            Err(refusal) => {
+                self.storage.discard(recording).await;
+                return Err(refusal);
+            }
+        };
+        let mut record = SessionRecord::new_live(
             id.clone(),
             node_dir.to_string(),
             recording.rel_path().to_string(),
             protocol,
         );
+        record.started_at = started;
+        record.epoch = claim.epoch;
+        record.replicas = claim.replicas;
         self.storage.put_record(record.clone()).await?;
         let counters = Arc::new(LiveCounters::default());
         self.lock_live().insert(id, counters.clone());

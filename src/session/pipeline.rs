@@ -239,6 +239,10 @@ impl Session {
             tracing::error!(id = %self.record.id, error = %e, "cannot store the final session record");
         }
         self.manager.forget(&self.record.id);
+        let admission = self.manager.admission().clone();
+        admission
+            .ended(self.record.id.clone(), self.record.epoch, state)
+            .await;
         metrics::counter!(m::SESSIONS_ENDED, "state" => state.as_str()).increment(1);
         tracing::info!(id = %self.record.id, state = state.as_str(), bytes = self.record.bytes,
             problem = ?self.record.problem, "session ended");
@@ -322,7 +326,12 @@ mod tests {
 
     fn manager(dir: &std::path::Path, config: SessionConfig) -> Arc<SessionManager> {
         let storage = Storage::open(&dir.join("dst"), &dir.join("state")).expect("storage");
-        SessionManager::new(storage, config, CancellationToken::new())
+        SessionManager::new(
+            storage,
+            config,
+            CancellationToken::new(),
+            Arc::new(crate::session::Standalone),
+        )
     }
 
     fn stream_of(chunks: Vec<&'static [u8]>) -> impl Stream<Item = Result<Bytes, String>> + Unpin {

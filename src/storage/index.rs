@@ -79,6 +79,12 @@ pub struct SessionRecord {
     pub problem: Option<Problem>,
     /// Header fields, once the header line arrived and parsed.
     pub header: Option<Header>,
+    /// Fencing epoch the recorder set granted (1 on a standalone node).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Nodes keeping copies, owner first (empty on a standalone node).
+    #[serde(default)]
+    pub replicas: Vec<u64>,
 }
 
 impl SessionRecord {
@@ -95,6 +101,8 @@ impl SessionRecord {
             state: SessionState::Live,
             problem: None,
             header: None,
+            epoch: 1,
+            replicas: Vec::new(),
         }
     }
 }

@@ -87,6 +87,11 @@ impl RecordingFile {
         &self.rel_path
     }
 
+    /// The file's name within its node directory.
+    pub fn file_name(&self) -> &str {
+        self.rel_path.rsplit('/').next().unwrap_or(&self.rel_path)
+    }
+
     /// What the syncing side of the session needs, independent of the appending side.
     pub fn sync_handle(&self) -> SyncHandle {
         SyncHandle {
@@ -144,6 +149,17 @@ impl Storage {
             rel_path: format!("{node_dir}/{name}"),
             written: 0,
         })
+    }
+
+    /// Removes a recording that was never admitted (the recorder set refused it). Best
+    /// effort: an empty file left behind is harmless and not indexed.
+    pub async fn discard(&self, recording: RecordingFile) {
+        let path = recording.path.clone();
+        drop(recording);
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
+        if let Ok(Err(e)) = removed {
+            tracing::debug!(error = %e, "cannot remove a refused recording's empty file");
+        }
     }
 
     /// Returns once everything appended to the recording before this call is on stable storage.

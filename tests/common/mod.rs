@@ -38,17 +38,19 @@ impl Node {
         Node::start_in(root.to_path_buf(), args, "127.0.0.1:0")
     }
 
-    fn start_in(dir: PathBuf, args: Vec<String>, listen: &str) -> Result<Node> {
+    pub fn start_in(dir: PathBuf, args: Vec<String>, listen: &str) -> Result<Node> {
         std::fs::create_dir_all(&dir)?;
         let log = dir.join(format!("node-{}.log", std::process::id()));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let mut child = Command::new(BIN)
-            .arg("node")
-            .arg("--dst")
-            .arg(dir.join("dst"))
+        let mut command = Command::new(BIN);
+        command.arg("node");
+        if !args.iter().any(|a| a == "--dst") {
+            command.arg("--dst").arg(dir.join("dst"));
+        }
+        let mut child = command
             .arg("--listen")
             .arg(listen)
             .args(&args)

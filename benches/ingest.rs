@@ -1,0 +1,1730 @@
+//! Single-node ingest benchmark (issue 2): one real `quorumcast node` process, real h2c
+//! clients, realistic asciicast v2 content.
+//!
+//! Run with `cargo bench --bench ingest` (add `-- --quick` for a small run, `-- --help`
+//! for the knobs). `cargo bench` builds the `quorumcast` binary with the bench profile
+//! (= release) and hands its path to this file as `CARGO_BIN_EXE_quorumcast`, so the node
+//! measured is always the current source.
+//!
+//! What is measured (see the comment on each function for exactly what is timed):
+//! 1. bulk ingest: aggregate MB/s of 1, 16, 256 concurrent `POST /v2/record` streams;
+//! 2. the limit: the same bytes written by a plain sequential writer + one fdatasync;
+//! 3. ack latency of paced streams, alone and while bulk load runs;
+//! 4. node RSS per idle v2 session.
+//!
+//! The bench writes only under a temp dir (default under /var/tmp) that it removes at the
+//! end, and kills every node it started, also on error or Ctrl-C.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use futures_util::future;
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const NODE_BIN: &str = env!("CARGO_BIN_EXE_quorumcast");
+const MIB: u64 = 1024 * 1024;
+/// MB/s in this report are 10^6 bytes per second.
+const MB: f64 = 1e6;
+
+// ---------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------
+
+const USAGE: &str = "\
+usage: cargo bench --bench ingest [-- OPTIONS]
+  --quick                 small run: 64 MiB per bulk row, 1 run, 3 s paced, 200 idle sessions
+  --total-mib N           bytes per bulk row, split evenly over its streams (default 1024)
+  --streams A,B,..        concurrency levels of the bulk rows (default 1,16,256)
+  --runs N                limit + recorder measurements per bulk row; medians shown (3)
+  --max-conns N           h2 connections per bulk row; streams beyond are multiplexed (64)
+  --chunk-kib N           body chunk size handed to the h2 client, whole lines (16)
+  --paced-streams N       paced streams for ack latency (16)
+  --paced-interval-ms N   one ~200-byte line per stream every N ms (10)
+  --paced-secs N          duration of the paced-only latency run (10)
+  --idle-sessions N       idle v2 sessions for the RSS measurement (1000)
+  --dst-root DIR          where the temp dir (node --dst, limit file) goes (/var/tmp)
+  --node-log FILTER       RUST_LOG of the node (info, the default of the binary)
+  --client-threads N      tokio worker threads of the load generator (1)
+  --seed N                seed of the content generator (42)";
+
+#[derive(Debug, Clone)]
+struct Options {
+    total_bytes: u64,
+    streams: Vec<usize>,
+    runs: usize,
+    max_conns: usize,
+    chunk_bytes: usize,
+    paced_streams: usize,
+    paced_interval: Duration,
+    paced_secs: u64,
+    idle_sessions: usize,
+    dst_root: PathBuf,
+    node_log: String,
+    client_threads: usize,
+    seed: u64,
+}
+
+impl Options {
+    fn parse() -> Result<Options> {
+        let mut o = Options {
+            total_bytes: 1024 * MIB,
+            streams: vec![1, 16, 256],
+            runs: 3,
+            max_conns: 64,
+            chunk_bytes: 16 * 1024,
+            paced_streams: 16,
+            paced_interval: Duration::from_millis(10),
+            paced_secs: 10,
+            idle_sessions: 1000,
+            dst_root: PathBuf::from("/var/tmp"),
+            node_log: "info".into(),
+            client_threads: 1,
+            seed: 42,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                // `cargo bench` passes --bench to harness = false targets.
+                "--bench" => {}
+                "--quick" => {
+                    o.total_bytes = 64 * MIB;
+                    o.runs = 1;
+                    o.paced_secs = 3;
+                    o.idle_sessions = 200;
+                }
+                "--total-mib" => o.total_bytes = value()?.parse::<u64>()? * MIB,
+                "--streams" => {
+                    o.streams = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?
+                }
+                "--runs" => o.runs = value()?.parse()?,
+                "--max-conns" => o.max_conns = value()?.parse()?,
+                "--chunk-kib" => o.chunk_bytes = value()?.parse::<usize>()? * 1024,
+                "--paced-streams" => o.paced_streams = value()?.parse()?,
+                "--paced-interval-ms" => {
+                    o.paced_interval = Duration::from_millis(value()?.parse()?)
+                }
+                "--paced-secs" => o.paced_secs = value()?.parse()?,
+                "--idle-sessions" => o.idle_sessions = value()?.parse()?,
+                "--dst-root" => o.dst_root = PathBuf::from(value()?),
+                "--node-log" => o.node_log = value()?,
+                "--client-threads" => o.client_threads = value()?.parse()?,
+                "--seed" => o.seed = value()?.parse()?,
+                "--help" | "-h" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?}\n{USAGE}"),
+            }
+        }
+        ensure!(
+            o.runs > 0 && o.max_conns > 0 && o.chunk_bytes > 0 && o.client_threads > 0,
+            "sizes must be positive"
+        );
+        ensure!(
+            o.streams.iter().all(|&s| s > 0),
+            "stream counts must be positive"
+        );
+        Ok(o)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry point
+// ---------------------------------------------------------------------------------------
+
+fn main() -> std::process::ExitCode {
+    let result = Options::parse().and_then(|options| {
+        raise_fd_limit()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(options.client_threads)
+            .enable_all()
+            .build()
+            .context("client runtime")?;
+        runtime.block_on(async {
+            tokio::select! {
+                result = run(options) => result,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            }
+        })
+        // Dropping the future above dropped the nodes (killed) and the temp dir (removed).
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ingest bench failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(o: Options) -> Result<()> {
+    // Declared first, dropped last: nodes are killed before their directories go.
+    let work = tempfile::Builder::new()
+        .prefix("qc-bench-")
+        .tempdir_in(&o.dst_root)
+        .with_context(|| format!("temp dir under {}", o.dst_root.display()))?;
+    let machine = Machine::describe(work.path())?;
+    machine.print(&o, work.path());
+    let corpus = Arc::new(Corpus::generate(o.seed, 32 * MIB as usize, o.chunk_bytes));
+
+    let mut node = Node::start(&work.path().join("node-a"), &o.node_log)?;
+    progress(&format!("node pid {} on {}", node.pid(), node.addr));
+    warm_up(&node, &corpus, &o).await?;
+    let bulk = bulk_rows(&node, &corpus, &o, work.path()).await?;
+    let latency = latency_rows(&node, &corpus, &o).await?;
+    let peak_rss = node.status_kib("VmHWM")?;
+    node.stop()?;
+
+    // A fresh node, so that memory freed by the bulk rows does not hide the idle sessions' cost.
+    let mut idle_node = Node::start(&work.path().join("node-b"), &o.node_log)?;
+    let idle = idle_rss(&idle_node, &o).await?;
+    idle_node.stop()?;
+
+    print_report(&o, &bulk, peak_rss, &latency, &idle, &machine);
+    Ok(())
+}
+
+fn progress(message: &str) {
+    eprintln!("[ingest bench] {message}");
+}
+
+/// One untimed stream so that the first measured row does not pay for lazy start-up.
+async fn warm_up(node: &Node, corpus: &Arc<Corpus>, o: &Options) -> Result<()> {
+    let bytes = (o.total_bytes / 8).clamp(MIB, 64 * MIB);
+    bulk_ingest(&node.addr, corpus, 1, bytes, o.max_conns, 0).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 1 + 2: bulk ingest vs. the sequential-writer limit
+// ---------------------------------------------------------------------------------------
+
+struct BulkRow {
+    streams: usize,
+    conns: usize,
+    /// Bytes of one run (the same in every run).
+    bytes: u64,
+    /// (recorder, limit) wall time of each run.
+    runs: Vec<(Duration, Duration)>,
+    /// CPU seconds over all recorder runs of the row.
+    node_cpu: f64,
+    client_cpu: f64,
+    /// Everything else on the machine, kernel writeback threads included.
+    other_cpu: f64,
+    /// Group commit over all recorder runs of the row.
+    commit: CommitStats,
+}
+
+impl BulkRow {
+    fn recorder_wall(&self) -> f64 {
+        self.runs.iter().map(|(r, _)| r.as_secs_f64()).sum()
+    }
+}
+
+/// For each concurrency level, `runs` times: the limit, then the recorder, on the same bytes.
+async fn bulk_rows(
+    node: &Node,
+    corpus: &Arc<Corpus>,
+    o: &Options,
+    work: &Path,
+) -> Result<Vec<BulkRow>> {
+    let mut rows = Vec::new();
+    let mut stored = cast_bytes(&node.dst())?;
+    for &streams in &o.streams {
+        let mut row = BulkRow {
+            streams,
+            conns: 0,
+            bytes: 0,
+            runs: Vec::new(),
+            node_cpu: 0.0,
+            client_cpu: 0.0,
+            other_cpu: 0.0,
+            commit: CommitStats::default(),
+        };
+        for _ in 0..o.runs {
+            let limit = sequential_limit(work, o.total_bytes).await?;
+            let node_cpu = node.cpu_secs()?;
+            let client_cpu = self_cpu_secs();
+            let machine_cpu = machine_cpu_secs()?;
+            let commit = node.commit_stats().await?;
+            let total = o.total_bytes;
+            let run = bulk_ingest(&node.addr, corpus, streams, total, o.max_conns, 1000).await?;
+            row.node_cpu += node.cpu_secs()? - node_cpu;
+            row.client_cpu += self_cpu_secs() - client_cpu;
+            row.other_cpu += machine_cpu_secs()?
+                - machine_cpu
+                - (node.cpu_secs()? - node_cpu)
+                - (self_cpu_secs() - client_cpu);
+            row.commit = row.commit.plus(&node.commit_stats().await?.minus(&commit));
+            stored = check_stored(&node.dst(), stored, run.bytes)?;
+            progress(&format!(
+                "{streams} streams: recorder {:.1} MB/s, limit {:.1} MB/s",
+                mbps(run.bytes, run.elapsed),
+                mbps(total, limit)
+            ));
+            (row.conns, row.bytes) = (run.conns, run.bytes);
+            row.runs.push((run.elapsed, limit));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The limit: `bytes` written by one thread to one new file in 64 KiB `write`s, then one
+/// `fdatasync`. Timed from creating the file to the end of the fdatasync.
+async fn sequential_limit(dir: &Path, bytes: u64) -> Result<Duration> {
+    let path = dir.join("limit.dat");
+    tokio::task::spawn_blocking(move || -> Result<Duration> {
+        let block: Vec<u8> = (0..64 * 1024)
+            .map(|i| b"0123456789abcdef[],\"o\"\n"[i % 23])
+            .collect();
+        let started = Instant::now();
+        let mut file = std::fs::File::create(&path).context("create limit file")?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            file.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        file.sync_data()?;
+        let elapsed = started.elapsed();
+        std::fs::remove_file(&path)?;
+        Ok(elapsed)
+    })
+    .await?
+}
+
+struct BulkRun {
+    conns: usize,
+    bytes: u64,
+    /// Gate opened → last stream's final ack.
+    elapsed: Duration,
+    /// When the gate opened and when the last final ack arrived.
+    window: (Instant, Instant),
+}
+
+/// Bulk ingest: `streams` v2 uploads over min(streams, max_conns) h2c connections
+/// (round-robin), `total` bytes split evenly, each stream sending as fast as flow control
+/// lets it. All streams are admitted (200 received) before the clock starts. Timed from
+/// opening the gate (all bodies start at once) until the last stream has received an ack
+/// equal to its byte count, i.e. until every byte is durable.
+async fn bulk_ingest(
+    addr: &str,
+    corpus: &Arc<Corpus>,
+    streams: usize,
+    total: u64,
+    max_conns: usize,
+    first_id: usize,
+) -> Result<BulkRun> {
+    let conns = streams.min(max_conns);
+    let senders = future::try_join_all((0..conns).map(|_| connect(addr))).await?;
+    let (go, gate) = watch::channel(false);
+    let opened = stream::iter(0..streams)
+        .map(|i| {
+            let (chunks, bytes) = corpus.plan(first_id + i, total / streams as u64);
+            let body = gated_body(chunks, gate.clone());
+            let sender = senders[i % conns].clone();
+            async move { Ok::<_, anyhow::Error>((open_upload(sender, addr, body).await?, bytes)) }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let bytes = opened.iter().map(|(_, b)| b).sum();
+    let finals: Vec<_> = opened
+        .into_iter()
+        .map(|(acks, bytes)| tokio::spawn(final_ack_time(acks, bytes)))
+        .collect();
+    let started = Instant::now();
+    go.send_replace(true);
+    let mut last = started;
+    for done in finals {
+        last = last.max(done.await.context("ack reader")??);
+    }
+    Ok(BulkRun {
+        conns,
+        bytes,
+        elapsed: last - started,
+        window: (started, last),
+    })
+}
+
+/// Reads a stream's acks to the end of its response; returns when the ack reached `bytes`.
+async fn final_ack_time(mut acks: AckStream, bytes: u64) -> Result<Instant> {
+    let mut reached = None;
+    while let Some(ack) = acks.next().await? {
+        ensure!(ack <= bytes, "ack {ack} is beyond the {bytes} bytes sent");
+        if ack == bytes && reached.is_none() {
+            reached = Some(Instant::now());
+        }
+    }
+    reached.with_context(|| format!("response ended without an ack of all {bytes} bytes"))
+}
+
+/// Body that waits for the gate, then yields `chunks` as fast as the connection takes them.
+fn gated_body(chunks: Vec<Bytes>, mut gate: watch::Receiver<bool>) -> UploadBody {
+    let wait = async move {
+        let _ = gate.wait_for(|open| *open).await;
+    };
+    let gate = stream::once(wait).filter_map(|()| future::ready(None::<BodyItem>));
+    let data = stream::iter(chunks).map(|chunk| Ok(Frame::data(chunk)));
+    StreamBody::new(gate.chain(data).boxed())
+}
+
+/// Sum of the sizes of all recordings under `dst`; checks it grew by exactly `sent`.
+fn check_stored(dst: &Path, before: u64, sent: u64) -> Result<u64> {
+    let now = cast_bytes(dst)?;
+    ensure!(
+        now - before == sent,
+        "recordings grew by {} bytes, {sent} were acked",
+        now - before
+    );
+    Ok(now)
+}
+
+fn cast_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    if !dir.exists() {
+        return Ok(0);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            total += cast_bytes(&path)?;
+        } else if path.extension().is_some_and(|e| e == "cast") {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------
+// 3: ack latency of paced streams
+// ---------------------------------------------------------------------------------------
+
+struct LatencyRow {
+    condition: String,
+    samples: Vec<Duration>,
+    /// Group commit while the samples were taken.
+    commit: CommitStats,
+    wall: Duration,
+}
+
+async fn latency_rows(node: &Node, corpus: &Arc<Corpus>, o: &Options) -> Result<Vec<LatencyRow>> {
+    progress("paced streams on an otherwise idle node");
+    let alone = paced_alone(node, corpus, o).await?;
+    progress("paced streams during bulk ingest (16 streams)");
+    let loaded = paced_during_bulk(node, corpus, o, 16).await?;
+    Ok(vec![alone, loaded])
+}
+
+/// Paced streams for `paced_secs`, nothing else running.
+async fn paced_alone(node: &Node, corpus: &Arc<Corpus>, o: &Options) -> Result<LatencyRow> {
+    let stop = CancellationToken::new();
+    let paced = paced_streams(node.addr.clone(), corpus.clone(), o.clone(), stop.clone());
+    let paced = tokio::spawn(paced);
+    let commit = node.commit_stats().await?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(o.paced_secs)).await;
+    let commit = node.commit_stats().await?.minus(&commit);
+    let wall = started.elapsed();
+    stop.cancel();
+    let samples = paced
+        .await??
+        .into_iter()
+        .map(|(_, latency)| latency)
+        .collect();
+    let condition = "no other load".into();
+    Ok(LatencyRow {
+        condition,
+        samples,
+        commit,
+        wall,
+    })
+}
+
+/// Paced streams while `bulk_streams` bulk streams ingest `total_bytes`; only lines sent
+/// between the start of the bulk bodies and the last bulk final ack count.
+async fn paced_during_bulk(
+    node: &Node,
+    corpus: &Arc<Corpus>,
+    o: &Options,
+    bulk_streams: usize,
+) -> Result<LatencyRow> {
+    let stop = CancellationToken::new();
+    let paced = paced_streams(node.addr.clone(), corpus.clone(), o.clone(), stop.clone());
+    let paced = tokio::spawn(paced);
+    let commit = node.commit_stats().await?;
+    let total = o.total_bytes;
+    let bulk = bulk_ingest(&node.addr, corpus, bulk_streams, total, o.max_conns, 2000).await;
+    let commit = node.commit_stats().await?.minus(&commit);
+    stop.cancel();
+    let samples = paced.await??;
+    let bulk = bulk?;
+    let (from, to) = bulk.window;
+    let samples = samples
+        .into_iter()
+        .filter(|(sent, _)| *sent >= from && *sent <= to)
+        .map(|(_, latency)| latency)
+        .collect();
+    let rate = mbps(bulk.bytes, bulk.elapsed);
+    let condition = format!("during bulk: {bulk_streams} streams at {rate:.0} MB/s");
+    Ok(LatencyRow {
+        condition,
+        samples,
+        commit,
+        wall: bulk.elapsed,
+    })
+}
+
+/// (send time, latency) of every paced line.
+type Samples = Vec<(Instant, Duration)>;
+/// Lines handed to the h2 client and not yet acked: (end offset, send time).
+type Pending = Arc<Mutex<VecDeque<(u64, Instant)>>>;
+
+/// `paced_streams` v2 uploads, one h2c connection each, each sending its header and then
+/// one ~200-byte event line every `paced_interval` until `stop`. Start times are spread
+/// over one interval. Returns every line's ack latency (see [`paced_acks`]).
+async fn paced_streams(
+    addr: String,
+    corpus: Arc<Corpus>,
+    o: Options,
+    stop: CancellationToken,
+) -> Result<Samples> {
+    let mut readers = Vec::new();
+    for i in 0..o.paced_streams {
+        let pending = Pending::default();
+        let header = corpus.header(10_000 + i);
+        let lines = corpus.paced_lines(i, 256);
+        let phase = o.paced_interval * i as u32 / o.paced_streams as u32;
+        let body = paced_body(
+            header,
+            lines,
+            o.paced_interval,
+            phase,
+            stop.clone(),
+            pending.clone(),
+        );
+        let acks = open_upload(connect(&addr).await?, &addr, body).await?;
+        readers.push(tokio::spawn(paced_acks(acks, pending)));
+    }
+    let mut samples = Vec::new();
+    for reader in readers {
+        samples.extend(reader.await.context("ack reader")??);
+    }
+    Ok(samples)
+}
+
+/// Ack latency: from the moment a line is handed to the h2 client (the body yields it) to
+/// the arrival of the first ack frame whose offset covers the line's last byte.
+async fn paced_acks(mut acks: AckStream, pending: Pending) -> Result<Samples> {
+    let mut samples = Vec::new();
+    while let Some(ack) = acks.next().await? {
+        let now = Instant::now();
+        let mut queue = lock(&pending);
+        while let Some(&(end, sent)) = queue.front() {
+            if end > ack {
+                break;
+            }
+            queue.pop_front();
+            samples.push((sent, now - sent));
+        }
+    }
+    ensure!(
+        lock(&pending).is_empty(),
+        "paced stream ended with unacked lines"
+    );
+    Ok(samples)
+}
+
+fn paced_body(
+    header: Bytes,
+    lines: Vec<Bytes>,
+    every: Duration,
+    phase: Duration,
+    stop: CancellationToken,
+    pending: Pending,
+) -> UploadBody {
+    struct State {
+        ticker: tokio::time::Interval,
+        lines: Vec<Bytes>,
+        next: usize,
+        offset: u64,
+        stop: CancellationToken,
+        pending: Pending,
+    }
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = State {
+        ticker,
+        lines,
+        next: 0,
+        offset: header.len() as u64,
+        stop,
+        pending,
+    };
+    let events = stream::unfold(state, |mut s| async move {
+        tokio::select! {
+            biased;
+            _ = s.stop.cancelled() => return None,
+            _ = s.ticker.tick() => {}
+        }
+        let line = s.lines[s.next % s.lines.len()].clone();
+        s.next += 1;
+        s.offset += line.len() as u64;
+        lock(&s.pending).push_back((s.offset, Instant::now()));
+        Some((Ok(Frame::data(line)), s))
+    });
+    StreamBody::new(
+        stream::once(future::ready(Ok(Frame::data(header))))
+            .chain(events)
+            .boxed(),
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// 4: RSS per idle session
+// ---------------------------------------------------------------------------------------
+
+struct IdleResult {
+    sessions: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    min_keepalives: usize,
+    idle_for: Duration,
+    /// From the first connect to the last header ack.
+    opening: Duration,
+}
+
+/// RSS per idle session: the node's VmRSS after one warm-up session, then with
+/// `idle_sessions` open v2 sessions, each on its own h2c connection (as separate SSH
+/// servers would connect), each having sent only its header and received an ack of it.
+/// The "after" value is read after a settle time of two ack intervals.
+async fn idle_rss(node: &Node, o: &Options) -> Result<IdleResult> {
+    let corpus = Corpus::generate(o.seed, MIB as usize, o.chunk_bytes);
+    bulk_ingest(&node.addr, &Arc::new(corpus.clone()), 1, MIB, 1, 0).await?;
+    let rss_before_kib = node.status_kib("VmRSS")?;
+    progress(&format!("opening {} idle sessions", o.idle_sessions));
+    let end = CancellationToken::new();
+    let opening = Instant::now();
+    let (acked_tx, mut acked) = tokio::sync::mpsc::channel(o.idle_sessions.max(1));
+    let readers = stream::iter(0..o.idle_sessions)
+        .map(|i| {
+            open_idle(
+                &node.addr,
+                corpus.header(20_000 + i),
+                end.clone(),
+                acked_tx.clone(),
+            )
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await?;
+    for _ in 0..o.idle_sessions {
+        tokio::time::timeout(Duration::from_secs(60), acked.recv())
+            .await
+            .context("idle sessions were not all acked within 60 s")?;
+    }
+    let opening = opening.elapsed();
+    let idle_since = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after_kib = node.status_kib("VmRSS")?;
+    let idle_for = idle_since.elapsed();
+    end.cancel();
+    let mut min_keepalives = usize::MAX;
+    for reader in readers {
+        min_keepalives = min_keepalives.min(reader.await.context("idle reader")??);
+    }
+    Ok(IdleResult {
+        sessions: o.idle_sessions,
+        rss_before_kib,
+        rss_after_kib,
+        min_keepalives,
+        idle_for,
+        opening,
+    })
+}
+
+/// Opens one idle session on a new connection; its reader reports the header's ack on
+/// `acked`, then counts the keep-alive acks (same offset) until the response ends.
+async fn open_idle(
+    addr: &str,
+    header: Bytes,
+    end: CancellationToken,
+    acked: tokio::sync::mpsc::Sender<()>,
+) -> Result<tokio::task::JoinHandle<Result<usize>>> {
+    let len = header.len() as u64;
+    let wait = stream::once(end.cancelled_owned()).filter_map(|()| future::ready(None::<BodyItem>));
+    let body = StreamBody::new(
+        stream::once(future::ready(Ok(Frame::data(header))))
+            .chain(wait)
+            .boxed(),
+    );
+    let mut acks = open_upload(connect(addr).await?, addr, body).await?;
+    Ok(tokio::spawn(async move {
+        let mut keepalives = 0;
+        let mut seen = false;
+        while let Some(ack) = acks.next().await? {
+            if ack == len && !seen {
+                seen = true;
+                let _ = acked.send(()).await;
+            } else if ack == len {
+                keepalives += 1;
+            }
+        }
+        Ok(keepalives)
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// h2c client: prior knowledge, one POST /v2/record per upload
+// ---------------------------------------------------------------------------------------
+
+type BodyItem = Result<Frame<Bytes>, Infallible>;
+type UploadBody = StreamBody<BoxStream<'static, BodyItem>>;
+
+/// A new h2c connection (prior knowledge, TCP_NODELAY), driven by a spawned task.
+async fn connect(addr: &str) -> Result<SendRequest<UploadBody>> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .context("h2c handshake")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            progress(&format!("h2 connection ended with an error: {e}"));
+        }
+    });
+    Ok(sender)
+}
+
+/// `POST /v2/record` with `body`; returns the ack stream once the 200 has arrived.
+async fn open_upload(
+    mut sender: SendRequest<UploadBody>,
+    addr: &str,
+    body: UploadBody,
+) -> Result<AckStream> {
+    sender.ready().await.context("h2 connection not ready")?;
+    let request = http::Request::post(format!("http://{addr}/v2/record")).body(body)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("POST /v2/record")?;
+    ensure!(
+        response.status() == http::StatusCode::OK,
+        "upload refused: {}",
+        response.status()
+    );
+    Ok(AckStream {
+        body: response.into_body(),
+        buf: Vec::new(),
+    })
+}
+
+/// The response body of a v2 upload: newline-separated `{"ack":N}` / `{"error":"..."}`.
+struct AckStream {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+#[derive(serde::Deserialize)]
+struct AckFrame {
+    ack: Option<u64>,
+    error: Option<String>,
+}
+
+impl AckStream {
+    /// The next ack offset; `None` at the end of the response; an error frame is an error.
+    async fn next(&mut self) -> Result<Option<u64>> {
+        loop {
+            if let Some(at) = memchr::memchr(b'\n', &self.buf) {
+                let line: Vec<u8> = self.buf.drain(..=at).collect();
+                let frame: AckFrame = serde_json::from_slice(&line).with_context(|| {
+                    format!("bad ack frame {:?}", String::from_utf8_lossy(&line))
+                })?;
+                if let Some(error) = frame.error {
+                    bail!("recorder sent an error frame: {error}");
+                }
+                if let Some(ack) = frame.ack {
+                    return Ok(Some(ack));
+                }
+                continue;
+            }
+            match self.body.frame().await {
+                None if self.buf.is_empty() => return Ok(None),
+                None => bail!("ack stream ended inside a frame"),
+                Some(frame) => {
+                    if let Ok(data) = frame.context("reading the ack stream")?.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The node process
+// ---------------------------------------------------------------------------------------
+
+/// Group-commit counters from the node's `/metrics` (histogram sums, counts, buckets).
+#[derive(Debug, Default, Clone)]
+struct CommitStats {
+    rounds: f64,
+    seconds: f64,
+    files: f64,
+    /// Round-duration histogram: (upper bound in seconds, cumulative count), ascending.
+    buckets: Vec<(f64, f64)>,
+}
+
+impl CommitStats {
+    fn parse(metrics: &str) -> CommitStats {
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        let buckets = metrics
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("quorumcast_fsync_seconds_bucket{le=\"")?;
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        CommitStats {
+            rounds: value("quorumcast_fsync_seconds_count"),
+            seconds: value("quorumcast_fsync_seconds_sum"),
+            files: value("quorumcast_commit_batch_files_sum"),
+            buckets,
+        }
+    }
+
+    fn minus(&self, earlier: &CommitStats) -> CommitStats {
+        self.combine(earlier, -1.0)
+    }
+
+    fn plus(&self, other: &CommitStats) -> CommitStats {
+        self.combine(other, 1.0)
+    }
+
+    fn combine(&self, other: &CommitStats, sign: f64) -> CommitStats {
+        let buckets = if other.buckets.is_empty() {
+            self.buckets.clone()
+        } else if self.buckets.is_empty() {
+            other
+                .buckets
+                .iter()
+                .map(|&(le, n)| (le, sign * n))
+                .collect()
+        } else {
+            let pairs = self.buckets.iter().zip(&other.buckets);
+            pairs
+                .map(|(&(le, a), &(_, b))| (le, a + sign * b))
+                .collect()
+        };
+        CommitStats {
+            rounds: self.rounds + sign * other.rounds,
+            seconds: self.seconds + sign * other.seconds,
+            files: self.files + sign * other.files,
+            buckets,
+        }
+    }
+
+    /// Upper bound of the histogram bucket holding quantile `q` of the rounds.
+    fn quantile(&self, q: f64) -> String {
+        let want = q * self.rounds;
+        match self
+            .buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= want)
+        {
+            Some((le, _)) if le.is_finite() => format!("<={:.1}ms", le * 1e3),
+            _ => "> last bucket".into(),
+        }
+    }
+
+    /// Rounds per second over `wall` seconds, mean / p50 / p99 round time, files per round.
+    fn describe(&self, wall: f64) -> String {
+        let rounds = self.rounds.max(1.0);
+        format!(
+            "{:.0} rounds/s, round mean {:.1}ms p50 {} p99 {}, {:.1} files/round",
+            self.rounds / wall,
+            1e3 * self.seconds / rounds,
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.files / rounds
+        )
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.1 (Connection: close) and the response as text.
+async fn get_metrics(addr: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .await
+        .context("read /metrics")?;
+    ensure!(response.starts_with("HTTP/1.1 200"), "GET /metrics failed");
+    Ok(response)
+}
+
+/// A `quorumcast node` child process; killed on drop.
+struct Node {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn start(dir: &Path, log_filter: &str) -> Result<Node> {
+        std::fs::create_dir_all(dir)?;
+        let log = std::fs::File::create(dir.join("node.log"))?;
+        let mut command = Command::new(NODE_BIN);
+        command
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--hostname",
+                "bench",
+                "--dst",
+            ])
+            .arg(dir.join("dst"))
+            .env("RUST_LOG", log_filter)
+            .stdout(Stdio::piped())
+            .stderr(log);
+        // SAFETY: prctl only sets a flag of the child; it is async-signal-safe. The node
+        // then dies with the bench even if the bench is killed without unwinding.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawn {NODE_BIN}"))?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let mut node = Node {
+            child,
+            addr: String::new(),
+            dir: dir.to_path_buf(),
+        };
+        node.addr = wait_for_listening(stdout).with_context(|| {
+            format!(
+                "node did not start; log:\n{}",
+                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+            )
+        })?;
+        Ok(node)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn dst(&self) -> PathBuf {
+        self.dir.join("dst")
+    }
+
+    async fn commit_stats(&self) -> Result<CommitStats> {
+        Ok(CommitStats::parse(&get_metrics(&self.addr).await?))
+    }
+
+    /// A `kB` field of /proc/PID/status, e.g. VmRSS or VmHWM.
+    fn status_kib(&self, field: &str) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .with_context(|| format!("no {field} in /proc/PID/status"))?;
+        let kib = line
+            .split_whitespace()
+            .nth(1)
+            .context("malformed status line")?;
+        Ok(kib.parse()?)
+    }
+
+    /// User + system CPU seconds the node has used so far.
+    fn cpu_secs(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // Fields 14 and 15 of proc(5); index 0 here is field 3 (state).
+        let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+            + fields.get(12).context("stime")?.parse::<u64>()?;
+        // SAFETY: sysconf has no memory effects.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks as f64 / per_sec)
+    }
+
+    /// SIGTERM, then up to 20 s for a graceful exit, then SIGKILL.
+    fn stop(&mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "node exited with {status}");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("node did not stop within 20 s of SIGTERM")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads the node's stdout until `listening on http://ADDR`, then keeps draining it.
+fn wait_for_listening(stdout: std::process::ChildStdout) -> Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .context("no 'listening on' line within 20 s")
+}
+
+fn raise_fd_limit() -> Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0,
+            "getrlimit"
+        );
+        limit.rlim_cur = limit.rlim_max;
+        ensure!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0,
+            "setrlimit"
+        );
+    }
+    Ok(())
+}
+
+/// Busy CPU seconds of the whole machine so far (all of /proc/stat's "cpu" line but idle
+/// and iowait).
+fn machine_cpu_secs() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    // SAFETY: sysconf has no memory effects.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy as f64 / per_sec)
+}
+
+/// User + system CPU seconds of this (bench) process so far.
+fn self_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+// ---------------------------------------------------------------------------------------
+// Content: deterministic, realistic terminal output as asciicast v2
+// ---------------------------------------------------------------------------------------
+
+/// splitmix64: small, seedable, good enough to vary content.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+const FILES: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "README.md",
+    "src",
+    "target",
+    "main.rs",
+    "lib.rs",
+    "node_modules",
+    "package.json",
+    ".git",
+    "build.sh",
+    "docker-compose.yml",
+    "backup-2026-03-21.tar.gz",
+    "日本語のメモ.txt",
+    "数据报告-第三季度.csv",
+    "résumé.pdf",
+    "😀-notes.md",
+    "한국어-문서.txt",
+    "Ünïcödé-ñame.log",
+    "deploy.yaml",
+    "id_ed25519.pub",
+    ".bashrc",
+    "vendor",
+    "tests",
+];
+const DIRS: &[&str] = &[
+    "src",
+    "target",
+    "node_modules",
+    ".git",
+    "vendor",
+    "tests",
+    "文档",
+    "configs",
+];
+const COMMANDS: &[&str] = &[
+    "ls -la --color=auto",
+    "git status",
+    "cargo build --release",
+    "tail -f /var/log/syslog",
+    "kubectl get pods -A",
+    "docker ps",
+    "tree -L 2",
+    "journalctl -u tailscaled -f",
+    "curl -sS https://example.com/api/v1/items | jq .",
+    "htop",
+];
+const CRATES: &[&str] = &[
+    "serde", "tokio", "hyper", "axum", "redb", "clap", "bytes", "h2", "tracing", "chrono",
+];
+const LEVELS: &[&str] = &[
+    "\u{1b}[32m INFO\u{1b}[0m",
+    "\u{1b}[33m WARN\u{1b}[0m",
+    "\u{1b}[34mDEBUG\u{1b}[0m",
+    "\u{1b}[31mERROR\u{1b}[0m",
+];
+const PATHS: &[&str] = &[
+    "/api/v1/sessions",
+    "/v2/record",
+    "/healthz",
+    "/metrics",
+    "/api/v1/users/42",
+    "/static/app.js",
+];
+
+/// Builds the output text of a terminal session, one event at a time.
+struct Terminal {
+    rng: Rng,
+    time: f64,
+    out: Vec<u8>,
+}
+
+impl Terminal {
+    /// Appends one `[time, code, text]` line, JSON-encoded like Tailscale's encoder.
+    fn event(&mut self, code: &str, text: &str) {
+        self.time += (self.rng.below(50_000) as f64) / 1e6;
+        let data = serde_json::Value::String(text.to_string());
+        let _ = writeln!(self.out, "[{:.6},\"{code}\",{data}]", self.time);
+    }
+
+    fn prompt_and_command(&mut self) {
+        self.event("o", "\r\u{1b}[0m\u{1b}[27m\u{1b}[24m\u{1b}[J\u{1b}[01;32m➜  \u{1b}[36m~/src/quorumcast\u{1b}[00m \u{1b}[K");
+        self.event("o", "\u{1b}[?1h\u{1b}=\u{1b}[?2004h");
+        let command = self.rng.pick(COMMANDS);
+        for c in command.chars() {
+            self.event("o", &c.to_string());
+        }
+        self.event("o", "\u{1b}[?1l\u{1b}>\u{1b}[?2004l\r\r\n");
+        self.event(
+            "o",
+            &format!("\u{1b}]2;{command}\u{7}\u{1b}]1;{command}\u{7}"),
+        );
+    }
+
+    fn listing(&mut self) {
+        let mut text = format!("total {}\r\n", self.rng.below(400));
+        for _ in 0..5 + self.rng.below(35) {
+            let dir = self.rng.below(3) == 0;
+            let (mode, name, color) = if dir {
+                ("drwxr-xr-x", self.rng.pick(DIRS), "01;34")
+            } else {
+                ("-rw-r--r--", self.rng.pick(FILES), "00")
+            };
+            let size = self.rng.below(10_000_000);
+            let day = 1 + self.rng.below(28);
+            text += &format!("{mode}  2 alice staff {size:>9} Mar {day:>2} 16:35 \u{1b}[{color}m{name}\u{1b}[0m\r\n");
+        }
+        self.event("o", &text);
+    }
+
+    fn progress_bar(&mut self) {
+        for step in 1..=20 {
+            let bar = format!("{}{}", "#".repeat(step), " ".repeat(20 - step));
+            let rate = self.rng.below(1000) as f64 / 10.0;
+            self.event(
+                "o",
+                &format!("\rprogress {:>3}% [{bar}] {rate:.1} MB/s", step * 5),
+            );
+        }
+        self.event("o", "\r\n");
+    }
+
+    fn log_lines(&mut self) {
+        let mut text = String::new();
+        for _ in 0..1 + self.rng.below(20) {
+            if self.rng.below(2) == 0 {
+                let krate = self.rng.pick(CRATES);
+                text += &format!(
+                    "\u{1b}[1m\u{1b}[32m   Compiling\u{1b}[0m {krate} v1.{}.{}\r\n",
+                    self.rng.below(40),
+                    self.rng.below(200)
+                );
+            } else {
+                let (level, path) = (self.rng.pick(LEVELS), self.rng.pick(PATHS));
+                let ms = self.rng.below(5000) as f64 / 10.0;
+                text += &format!("\u{1b}[2m2026-03-21T16:35:{:02}.{:03}Z\u{1b}[0m {level} \u{1b}[2mquorumcast::ingest\u{1b}[0m: request handled path={path} status=200 dur={ms}ms\r\n", self.rng.below(60), self.rng.below(1000));
+            }
+        }
+        self.event("o", &text);
+    }
+
+    fn tree(&mut self) {
+        let mut text = String::from(".\r\n");
+        for i in 0..3 + self.rng.below(15) {
+            let branch = if i % 4 == 3 {
+                "│   └── "
+            } else {
+                "├── "
+            };
+            text += &format!(
+                "{branch}\u{1b}[01;34m{}\u{1b}[0m / {}\r\n",
+                self.rng.pick(DIRS),
+                self.rng.pick(FILES)
+            );
+        }
+        text += "\r\n12 directories, 31 files — 完了 ✓\r\n";
+        self.event("o", &text);
+    }
+
+    /// An htop-like full-screen redraw: cursor addressing, colored meters, box drawing.
+    fn full_screen(&mut self) {
+        let mut text = String::from("\u{1b}[?1049h\u{1b}[H\u{1b}[2J");
+        for row in 1..=24 {
+            let used = self.rng.below(40);
+            let meter = format!(
+                "\u{1b}[32m{}\u{1b}[31m{}\u{1b}[0m{}",
+                "|".repeat(used),
+                "|".repeat(used / 4),
+                " ".repeat(50 - used - used / 4)
+            );
+            text += &format!(
+                "\u{1b}[{row};1H\u{1b}[1;36m{:>3}\u{1b}[0m[{meter}{:>5.1}%]",
+                row,
+                used as f64 * 2.5
+            );
+        }
+        text += "\u{1b}[25;1H┌──────── 進程 ────────┐ \u{1b}[7mF1Help F2Setup F10Quit\u{1b}[0m";
+        self.event("o", &text);
+    }
+
+    /// One stretch of a session, weighted towards the common cases.
+    fn activity(&mut self) {
+        match self.rng.below(100) {
+            0..=24 => self.prompt_and_command(),
+            25..=44 => self.listing(),
+            45..=59 => self.progress_bar(),
+            60..=79 => self.log_lines(),
+            80..=89 => self.tree(),
+            90..=98 => self.full_screen(),
+            _ => {
+                let (cols, rows) = (80 + self.rng.below(140), 24 + self.rng.below(40));
+                self.event("r", &format!("{cols}x{rows}"));
+            }
+        }
+    }
+}
+
+/// A pool of event lines cut into chunks of whole lines; streams are planned from it.
+#[derive(Clone)]
+struct Corpus {
+    pool: Bytes,
+    /// Byte ranges of the chunks, each ending with a newline.
+    chunks: Vec<(usize, usize)>,
+    seed: u64,
+}
+
+impl Corpus {
+    fn generate(seed: u64, bytes: usize, chunk: usize) -> Corpus {
+        let mut terminal = Terminal {
+            rng: Rng(seed),
+            time: 0.0,
+            out: Vec::with_capacity(bytes + 64 * 1024),
+        };
+        while terminal.out.len() < bytes {
+            terminal.activity();
+        }
+        let pool = Bytes::from(terminal.out);
+        let chunks = cut_lines(&pool, chunk);
+        Corpus { pool, chunks, seed }
+    }
+
+    /// A Tailscale-style header line for stream `id`.
+    fn header(&self, id: usize) -> Bytes {
+        let header = serde_json::json!({
+            "version": 2, "width": 203, "height": 38, "timestamp": 1_795_622_192,
+            "env": {"TERM": "xterm-256color"},
+            "srcNode": format!("laptop-{id}.tail1234.ts.net"), "srcNodeID": format!("n{id}CNTRL"),
+            "srcNodeTags": null, "sshUser": "alice", "localUser": "alice",
+            "srcNodeUserID": 30_585_448_562_688_899u64, "srcNodeUser": "alice@example.com",
+            "connectionID": format!("bench-{}-{id}", self.seed),
+        });
+        Bytes::from(format!("{header}\n"))
+    }
+
+    /// Stream `id`: its header, then whole chunks from a per-stream start in the pool
+    /// (wrapping) while the total stays within `budget`. Returns the chunks and the total.
+    fn plan(&self, id: usize, budget: u64) -> (Vec<Bytes>, u64) {
+        let header = self.header(id);
+        let mut total = header.len() as u64;
+        let mut chunks = vec![header];
+        let mut at = id.wrapping_mul(7919) % self.chunks.len();
+        loop {
+            let (start, end) = self.chunks[at];
+            if total + (end - start) as u64 > budget {
+                break;
+            }
+            total += (end - start) as u64;
+            chunks.push(self.pool.slice(start..end));
+            at = (at + 1) % self.chunks.len();
+        }
+        (chunks, total)
+    }
+
+    /// `count` log lines of 200 bytes each (unless a line is longer) for paced stream `id`.
+    fn paced_lines(&self, id: usize, count: usize) -> Vec<Bytes> {
+        const LINE_BYTES: usize = 200;
+        let mut rng = Rng(self.seed ^ (id as u64 + 1).wrapping_mul(0x1234_5678_9abc));
+        let encode = |time: f64, text: &str| {
+            let data = serde_json::Value::String(format!("{text}\r\n"));
+            format!("[{time:.6},\"o\",{data}]\n")
+        };
+        (0..count)
+            .map(|i| {
+                let (level, path) = (rng.pick(LEVELS), rng.pick(PATHS));
+                let mut text = format!(
+                    "\u{1b}[2m16:35:{:02}.{:03}\u{1b}[0m {level} {path} status=200 dur={}ms req={:016x}",
+                    rng.below(60),
+                    rng.below(1000),
+                    rng.below(900),
+                    rng.next()
+                );
+                let time = i as f64 * 0.01;
+                // Spaces encode as themselves, so padding the text pads the line exactly.
+                let pad = LINE_BYTES.saturating_sub(encode(time, &text).len());
+                text.push_str(&" ".repeat(pad));
+                Bytes::from(encode(time, &text))
+            })
+            .collect()
+    }
+}
+
+/// Cuts `pool` into chunks of whole lines of at most `max` bytes (a longer line is a chunk).
+fn cut_lines(pool: &[u8], max: usize) -> Vec<(usize, usize)> {
+    let mut chunks = Vec::new();
+    let (mut start, mut last_newline) = (0, None);
+    for at in memchr::memchr_iter(b'\n', pool) {
+        let end = at + 1;
+        if end - start > max {
+            if let Some(cut) = last_newline {
+                chunks.push((start, cut));
+                start = cut;
+            }
+        }
+        if end - start > max {
+            chunks.push((start, end));
+            start = end;
+        }
+        last_newline = Some(end);
+    }
+    if start < pool.len() {
+        chunks.push((start, pool.len()));
+    }
+    chunks
+}
+
+// ---------------------------------------------------------------------------------------
+// Machine description and the report
+// ---------------------------------------------------------------------------------------
+
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    mem_gib: f64,
+    kernel: String,
+    df: String,
+    fs_type: String,
+    commit: String,
+    load_start: String,
+}
+
+impl Machine {
+    fn describe(dst: &Path) -> Result<Machine> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let df = command_output("df", &["-T", &dst.to_string_lossy()])?;
+        let df_line = df
+            .lines()
+            .nth(1)
+            .context("df -T printed no file system")?
+            .to_string();
+        Ok(Machine {
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+                .unwrap_or_else(|| "unknown CPU".into()),
+            mem_gib: mem_kib / 1024.0 / 1024.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            fs_type: df_line.split_whitespace().nth(1).unwrap_or("?").to_string(),
+            df: df_line,
+            commit: git_commit(),
+            load_start: loadavg(),
+        })
+    }
+
+    fn print(&self, o: &Options, work: &Path) {
+        println!("quorumcast single-node ingest benchmark");
+        println!("  commit    {}", self.commit);
+        println!(
+            "  machine   {} CPUs ({}), {:.1} GiB RAM, Linux {}",
+            self.cpus, self.cpu_model, self.mem_gib, self.kernel
+        );
+        println!(
+            "  dst       {} (node --dst and the limit file; same file system)",
+            work.display()
+        );
+        println!("  df -T     {}", self.df);
+        if self.fs_type == "tmpfs" {
+            println!("  WARNING   dst is tmpfs: nothing here reaches a disk; use --dst-root");
+        }
+        println!(
+            "  node      {NODE_BIN} (bench profile = release), RUST_LOG={}, default flags",
+            o.node_log
+        );
+        println!(
+            "  client    this process, {} tokio worker thread(s), h2c prior knowledge, TCP_NODELAY",
+            o.client_threads
+        );
+        println!("  loadavg   {} (at start)", self.load_start);
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn git_commit() -> String {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let head = command_output("git", &["-C", repo, "rev-parse", "--short=12", "HEAD"]);
+    let dirty = command_output(
+        "git",
+        &["-C", repo, "status", "--porcelain", "--untracked-files=no"],
+    );
+    match (head, dirty) {
+        (Ok(head), Ok(dirty)) if dirty.trim().is_empty() => head.trim().to_string(),
+        (Ok(head), Ok(dirty)) => format!(
+            "{} + uncommitted changes in: {}",
+            head.trim(),
+            dirty
+                .lines()
+                .map(|l| l.get(3..).unwrap_or(l).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => "unknown (not a git checkout)".into(),
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn mbps(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / MB / elapsed.as_secs_f64()
+}
+
+fn print_report(
+    o: &Options,
+    bulk: &[BulkRow],
+    peak_rss: u64,
+    latency: &[LatencyRow],
+    idle: &IdleResult,
+    m: &Machine,
+) {
+    print_bulk(o, bulk, peak_rss);
+    print_latency(o, latency);
+    print_idle(idle);
+    println!();
+    println!("loadavg {} at start, {} at end", m.load_start, loadavg());
+}
+
+fn print_bulk(o: &Options, bulk: &[BulkRow], peak_rss: u64) {
+    println!();
+    println!(
+        "1+2. Bulk ingest, POST /v2/record: {} MiB per run split evenly over the streams, {} KiB",
+        o.total_bytes / MIB,
+        o.chunk_bytes / 1024
+    );
+    println!(
+        "     body chunks of whole lines; one h2c connection per stream up to {}, then streams",
+        o.max_conns
+    );
+    println!(
+        "     multiplexed round-robin. Recorder time: all bodies start -> last stream's final ack."
+    );
+    println!(
+        "     Limit: the same bytes, one file, 64 KiB write()s + one fdatasync, measured right"
+    );
+    println!(
+        "     before each recorder run. {} run(s) per row; MB/s columns are medians, ratio =",
+        o.runs
+    );
+    println!("     median/median, [range] = lowest and highest per-run ratio. MB = 10^6 bytes.");
+    println!(
+        "     CPU = CPU seconds / recorder wall seconds (2 CPUs = 200%); other = the rest of the"
+    );
+    println!("     machine (kernel writeback, other users), idle and iowait excluded.");
+    println!();
+    println!("  streams  conns   MiB/run  recorder MB/s  limit MB/s  recorder/limit [range]  node CPU  client CPU  other CPU");
+    for r in bulk {
+        let recorder: Vec<f64> = r.runs.iter().map(|(rec, _)| mbps(r.bytes, *rec)).collect();
+        let limit: Vec<f64> = r
+            .runs
+            .iter()
+            .map(|(_, lim)| mbps(o.total_bytes, *lim))
+            .collect();
+        let ratios: Vec<f64> = recorder.iter().zip(&limit).map(|(r, l)| r / l).collect();
+        let (lo, hi) = (min(&ratios), max(&ratios));
+        let wall = r.recorder_wall();
+        println!(
+            "  {:>7}  {:>5}  {:>8.1}  {:>13.1}  {:>10.1}  {:>7.0}% [{:>3.0}-{:>3.0}%]  {:>7.0}%  {:>9.0}%  {:>8.0}%",
+            r.streams,
+            r.conns,
+            r.bytes as f64 / MIB as f64,
+            median(&recorder),
+            median(&limit),
+            100.0 * median(&recorder) / median(&limit),
+            100.0 * lo,
+            100.0 * hi,
+            100.0 * r.node_cpu / wall,
+            100.0 * r.client_cpu / wall,
+            100.0 * r.other_cpu / wall
+        );
+    }
+    let met = bulk.iter().all(|r| {
+        let recorder: Vec<f64> = r.runs.iter().map(|(rec, _)| mbps(r.bytes, *rec)).collect();
+        let limit: Vec<f64> = r
+            .runs
+            .iter()
+            .map(|(_, lim)| mbps(o.total_bytes, *lim))
+            .collect();
+        median(&recorder) >= 0.8 * median(&limit)
+    });
+    let verdict = if met { "MET" } else { "MISSED" };
+    println!("  goal (median recorder >= 80% of median limit on every row): {verdict}");
+    println!("  node group commit during the recorder runs:");
+    for r in bulk {
+        println!(
+            "    {:>3} streams: {}",
+            r.streams,
+            r.commit.describe(r.recorder_wall())
+        );
+    }
+    println!(
+        "  node peak RSS (VmHWM) over the bulk and latency runs: {:.1} MiB",
+        peak_rss as f64 / 1024.0
+    );
+}
+
+fn print_latency(o: &Options, latency: &[LatencyRow]) {
+    println!();
+    println!(
+        "3. Ack latency: {} paced streams, 1 h2c connection each, each sending one ~200-byte",
+        o.paced_streams
+    );
+    println!("   line every {} ms. Time: line handed to the h2 client -> first ack frame >= its end offset.", o.paced_interval.as_millis());
+    println!();
+    println!("  condition                                   lines      p50      p99      max");
+    for row in latency {
+        let (p50, p99, max) = percentiles(&row.samples);
+        println!(
+            "  {:<42} {:>6} {:>8} {:>8} {:>8}",
+            row.condition,
+            row.samples.len(),
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
+    }
+    println!("  node group commit meanwhile:");
+    for row in latency {
+        println!(
+            "    {:<42} {}",
+            row.condition,
+            row.commit.describe(row.wall.as_secs_f64())
+        );
+    }
+}
+
+fn print_idle(idle: &IdleResult) {
+    let delta = idle.rss_after_kib as f64 - idle.rss_before_kib as f64;
+    println!();
+    println!(
+        "4. Idle sessions: {} v2 sessions on a fresh node, 1 h2c connection each, header only,",
+        idle.sessions
+    );
+    println!("   every header acked. VmRSS from /proc/PID/status.");
+    println!(
+        "   node VmRSS before {} KiB, after {} KiB (read {:.1} s after the last header ack)",
+        idle.rss_before_kib,
+        idle.rss_after_kib,
+        idle.idle_for.as_secs_f64()
+    );
+    println!(
+        "   RSS per idle session: {:.1} KiB",
+        delta / idle.sessions.max(1) as f64
+    );
+    println!(
+        "   opening them took {:.2} s from the first connect to the last header ack (64 at a time)",
+        idle.opening.as_secs_f64()
+    );
+    println!(
+        "   keep-alive acks per session while idle (fewest): {}",
+        idle.min_keepalives
+    );
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+fn percentiles(samples: &[Duration]) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let at = |q: f64| {
+        sorted
+            .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+    };
+    (at(0.50), at(0.99), sorted.last().copied())
+}
+
+fn ms(value: Option<Duration>) -> String {
+    value
+        .map(|d| format!("{:.2}ms", d.as_secs_f64() * 1e3))
+        .unwrap_or_else(|| "-".into())
+}

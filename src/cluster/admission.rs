@@ -1,0 +1,85 @@
+//! Admission in a recorder set: a session starts only once Raft granted it to this node.
+//!
+//! Implements [`crate::session::Admission`] on top of [`Member`]. The fast path refuses
+//! without I/O when this node can't possibly win a claim (disk under pressure, no leader,
+//! a leader out of touch with its quorum): a Tailscale client then tries the next recorder
+//! at once. Otherwise the claim is one Raft proposal, bounded by [`CLAIM_TIMEOUT`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+
+use super::member::Member;
+use super::types::{ClusterSessionState, Command, CommandResponse, DiskState};
+use super::ClusterError;
+use crate::metrics as m;
+use crate::session::{Admission, Claim, ClaimRequest, Refusal};
+use crate::storage::index::SessionState;
+
+/// A claim that takes longer than this is refused: the client has other recorders to try.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct ClusterAdmission {
+    pub member: Arc<Member>,
+}
+
+impl Admission for ClusterAdmission {
+    fn check(&self) -> Result<(), Refusal> {
+        match self.member.local_disk() {
+            DiskState::Ok => {}
+            state => {
+                return Err(Refusal::DiskPressure(
+                    format!("dst file system is {state:?}").to_lowercase(),
+                ))
+            }
+        }
+        match self.member.quorum_problem() {
+            Some(problem) => Err(Refusal::NoQuorum(problem)),
+            None => Ok(()),
+        }
+    }
+
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claim, Refusal>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let command = Command::ClaimSession {
+                id: request.id,
+                owner: self.member.id,
+                node_dir: request.node_dir,
+                file_name: request.file_name,
+                started_at_ms: request.started_at_ms,
+                up: Vec::new(),
+            };
+            let answer = tokio::time::timeout(CLAIM_TIMEOUT, self.member.propose(command)).await;
+            metrics::histogram!(m::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
+            match answer {
+                Err(_) => Err(Refusal::NoQuorum("claim timed out".into())),
+                Ok(Err(ClusterError::NoQuorum(reason))) => Err(Refusal::NoQuorum(reason)),
+                Ok(Err(e)) => Err(Refusal::ClaimFailed(e.to_string())),
+                Ok(Ok(CommandResponse::Claimed { epoch, replicas })) => {
+                    Ok(Claim { epoch, replicas })
+                }
+                Ok(Ok(CommandResponse::Rejected { reason })) => Err(Refusal::ClaimFailed(reason)),
+                Ok(Ok(other)) => Err(Refusal::ClaimFailed(format!("unexpected answer {other:?}"))),
+            }
+        })
+    }
+
+    fn ended(&self, id: String, epoch: u64, state: SessionState) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let state = match state {
+                SessionState::Complete | SessionState::Invalid => ClusterSessionState::Sealed,
+                SessionState::Aborted | SessionState::Live => ClusterSessionState::Aborted,
+            };
+            let command = Command::EndSession {
+                id: id.clone(),
+                state,
+                epoch,
+            };
+            if let Err(e) = self.member.propose(command).await {
+                tracing::warn!(%id, error = %e, "could not record the session's end in the recorder set");
+            }
+        })
+    }
+}

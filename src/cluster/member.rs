@@ -1,0 +1,527 @@
+//! This node as a member of the recorder set: its Raft instance and what it does with it.
+//!
+//! Owns start-up of the control plane (TLS, QUIC transport, durable store, `Raft::new`,
+//! bootstrap of the initial membership), proposing commands (forwarded to the leader when
+//! this node is not it), serialized membership changes, the status view, and the loops
+//! beside Raft: the disk monitor and the metrics exporter. It does not own what commands
+//! mean ([`super::state`]) nor how admission uses them ([`super::admission`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::network::{ClusterRequest, ClusterResponse, Network, PeerContacts};
+use super::store::{self, StateReader};
+use super::tls::{TlsConfig, TlsFiles};
+use super::transport::{NoStreamHandler, RpcHandler, Transport};
+use super::types::{
+    Command, CommandResponse, DiskReport, DiskState, NodeId, NodeInfo, SessionEntry, TypeConfig,
+};
+use super::{disk, ClusterError};
+use crate::config::ClusterConfig;
+use crate::metrics as m;
+
+/// Longest a proposal may take before the caller hears "no quorum".
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A forwarded proposal hops at most this many times (leader changes mid-flight).
+const MAX_FORWARDS: usize = 3;
+/// Keep this many applied entries before a snapshot replaces them (cheap catch-up for
+/// short outages, snapshots for long ones).
+const DEFAULT_SNAPSHOT_LOGS: u64 = 5_000;
+
+/// A running member of the recorder set.
+pub struct Member {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    /// The applied cluster state (sessions, disk reports, settings).
+    pub state: StateReader,
+    transport: Arc<Transport>,
+    /// Last successful RPC to each peer: the leader's view of who is up.
+    pub contacts: Arc<PeerContacts>,
+    /// Last AppendEntries from a leader (a follower's view of whether it has one).
+    pub leader_contact: Arc<PeerContacts>,
+    pub config: ClusterConfig,
+    /// This node's own disk state, as the disk monitor last classified it (`DiskState as u8`).
+    local_disk: AtomicU8,
+    /// Membership changes one at a time (openraft has panicked under rapid churn).
+    membership_lock: tokio::sync::Mutex<()>,
+}
+
+/// What `cluster status` shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub node_id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub state: String,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    /// Last log index covered by this node's latest snapshot.
+    pub snapshot: Option<u64>,
+    /// Last log index removed from this node's log (compaction).
+    pub purged: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub role: &'static str,
+    pub cluster_addr: String,
+    pub ingest_addr: String,
+    pub disk: Option<DiskReport>,
+    pub live_sessions: usize,
+    /// Milliseconds since this node last heard from it (None: never, or it is this node).
+    pub last_contact_ms: Option<u64>,
+}
+
+impl Member {
+    /// Starts the control plane and serves the cluster port until `shutdown`.
+    pub async fn start(
+        config: ClusterConfig,
+        statedir: &Path,
+        dst: PathBuf,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Arc<Member>, ClusterError> {
+        let tls = TlsConfig::load(&TlsFiles {
+            ca_cert: config.ca.clone(),
+            node_cert: config.cert.clone(),
+            node_key: config.key.clone(),
+        })?;
+        let transport = Arc::new(Transport::bind(config.listen, tls, config.node_id)?);
+        let (log_store, sm_store) = store::open(statedir).await?;
+        let state = sm_store.reader();
+        let contacts = Arc::new(PeerContacts::default());
+        let network = Network {
+            transport: transport.clone(),
+            contacts: contacts.clone(),
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config(&config)?),
+            network,
+            log_store,
+            sm_store,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let member = Arc::new(Member {
+            id: config.node_id,
+            raft,
+            state,
+            transport: transport.clone(),
+            contacts,
+            leader_contact: Arc::new(PeerContacts::default()),
+            config,
+            local_disk: AtomicU8::new(DiskState::Ok as u8),
+            membership_lock: tokio::sync::Mutex::new(()),
+        });
+        let handler = RpcServer(member.clone());
+        let serve_cancel = shutdown.clone();
+        tracker.spawn(async move {
+            transport
+                .serve(handler, None::<NoStreamHandler>, serve_cancel)
+                .await;
+        });
+        member.bootstrap().await?;
+        tracker.spawn(disk::monitor(member.clone(), dst, shutdown.clone()));
+        tracker.spawn(export_metrics(member.clone(), shutdown.clone()));
+        let raft = member.raft.clone();
+        tracker.spawn(async move {
+            shutdown.cancelled().await;
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown");
+            }
+        });
+        tracing::info!(node = member.id, listen = %member.config.listen, "cluster member started");
+        Ok(member)
+    }
+
+    /// First start of an initial member: propose the initial membership. Every initial
+    /// member does this with the same config, which openraft documents as safe.
+    async fn bootstrap(&self) -> Result<(), ClusterError> {
+        if self.config.initial_members.is_empty() {
+            return Ok(());
+        }
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, NodeInfo> = self
+            .config
+            .initial_members
+            .iter()
+            .map(|m| {
+                let info = NodeInfo {
+                    cluster_addr: m.cluster_addr.clone(),
+                    ingest_addr: m.ingest_addr.clone(),
+                };
+                (m.id, info)
+            })
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => tracing::info!("initialized the recorder set"),
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(reason = %e, "recorder set already initialized")
+            }
+            Err(e) => return Err(ClusterError::Raft(e.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Proposes `command` through Raft: here if this node leads, else at the leader.
+    pub async fn propose(&self, command: Command) -> Result<CommandResponse, ClusterError> {
+        tokio::time::timeout(PROPOSE_TIMEOUT, self.propose_unbounded(command))
+            .await
+            .map_err(|_| ClusterError::NoQuorum("proposal timed out".into()))?
+    }
+
+    async fn propose_unbounded(&self, command: Command) -> Result<CommandResponse, ClusterError> {
+        let mut command = command;
+        for _ in 0..MAX_FORWARDS {
+            let filled = self.fill_up(command.clone());
+            match self.raft.client_write(filled).await {
+                Ok(written) => return Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node)
+                    else {
+                        return Err(ClusterError::NoQuorum("no leader known".into()));
+                    };
+                    match self.forward(leader, &node, command.clone()).await {
+                        Ok(response) => return Ok(response),
+                        Err(e) => {
+                            tracing::debug!(leader, error = %e, "forwarding a proposal failed; retrying");
+                            tokio::time::sleep(self.config.heartbeat).await;
+                        }
+                    }
+                }
+                Err(e) => return Err(ClusterError::Raft(e.to_string())),
+            }
+            command = command.clone();
+        }
+        Err(ClusterError::NoQuorum("leader kept changing".into()))
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        node: &NodeInfo,
+        command: Command,
+    ) -> Result<CommandResponse, ClusterError> {
+        let request = ClusterRequest::Propose(command);
+        match self
+            .transport
+            .call(leader, &node.cluster_addr, &request, PROPOSE_TIMEOUT)
+            .await?
+        {
+            ClusterResponse::Propose(Ok(response)) => Ok(response),
+            ClusterResponse::Propose(Err(reason)) => Err(ClusterError::NoQuorum(reason)),
+            _ => Err(ClusterError::Raft("leader answered a different RPC".into())),
+        }
+    }
+
+    /// The leader fills a claim's `up` with the members it heard from recently.
+    fn fill_up(&self, command: Command) -> Command {
+        let up = || self.up_nodes();
+        match command {
+            Command::ClaimSession {
+                id,
+                owner,
+                node_dir,
+                file_name,
+                started_at_ms,
+                ..
+            } => Command::ClaimSession {
+                id,
+                owner,
+                node_dir,
+                file_name,
+                started_at_ms,
+                up: up(),
+            },
+            Command::TakeOver { id, new_owner, .. } => Command::TakeOver {
+                id,
+                new_owner,
+                up: up(),
+            },
+            other => other,
+        }
+    }
+
+    /// This node plus every member that answered within the minimum election timeout.
+    pub fn up_nodes(&self) -> Vec<NodeId> {
+        let fresh = self.config.election_min;
+        let members = self.members();
+        members
+            .keys()
+            .copied()
+            .filter(|id| *id == self.id || self.contacts.since(*id).is_some_and(|d| d <= fresh))
+            .collect()
+    }
+
+    /// Voters and learners with their addresses, from the effective membership.
+    pub fn members(&self) -> BTreeMap<NodeId, NodeInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect()
+    }
+
+    fn voters(&self) -> BTreeSet<NodeId> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.membership_config.membership().voter_ids().collect()
+    }
+
+    /// The leader's ingest address, for redirecting operators.
+    pub fn leader_ingest_addr(&self) -> Option<String> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.members().get(&leader).map(|n| n.ingest_addr.clone())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Why this node can't take a session right now, checked without any I/O.
+    pub fn quorum_problem(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        // After a minimum election timeout of silence the others may already have a new
+        // leader: stop taking sessions then, not later.
+        let patience = self.config.election_min;
+        match metrics.current_leader {
+            None => Some("no leader elected".into()),
+            Some(leader) if leader == self.id => match metrics.millis_since_quorum_ack {
+                Some(ms) if Duration::from_millis(ms) <= patience => None,
+                Some(ms) => Some(format!("leader has not heard from a quorum for {ms} ms")),
+                None => Some("leader has not heard from a quorum yet".into()),
+            },
+            Some(leader) => match self.leader_contact.since(leader) {
+                Some(d) if d <= patience => None,
+                Some(d) => Some(format!(
+                    "no word from leader {leader} for {} ms",
+                    d.as_millis()
+                )),
+                None => Some(format!("no word from leader {leader} yet")),
+            },
+        }
+    }
+
+    pub fn local_disk(&self) -> DiskState {
+        disk::from_u8(self.local_disk.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn set_local_disk(&self, state: DiskState) {
+        self.local_disk.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Adds a learner and waits until it has caught up.
+    pub async fn add_learner(&self, id: NodeId, info: NodeInfo) -> Result<(), ClusterError> {
+        let _serialized = self.membership_lock.lock().await;
+        self.raft
+            .add_learner(id, info, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
+    /// Makes a member a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), ClusterError> {
+        let _serialized = self.membership_lock.lock().await;
+        if !self.members().contains_key(&id) {
+            return Err(ClusterError::Membership(format!(
+                "node {id} is not a learner; add it first"
+            )));
+        }
+        let voters = BTreeSet::from([id]);
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
+    /// Removes a member (voter or learner) from the set.
+    pub async fn remove(&self, id: NodeId) -> Result<(), ClusterError> {
+        let _serialized = self.membership_lock.lock().await;
+        let ids = BTreeSet::from([id]);
+        if self.voters().contains(&id) {
+            if self.voters().len() <= 1 {
+                return Err(ClusterError::Membership(
+                    "cannot remove the last voter".into(),
+                ));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
+        if self.members().contains_key(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
+        self.transport.forget(id);
+        Ok(())
+    }
+
+    /// Leader, term, members with their disk state and load.
+    pub fn status(&self) -> Status {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let (reports, live) = self.state.read(|s| {
+            let mut live: BTreeMap<NodeId, usize> = BTreeMap::new();
+            for session in s.live_sessions() {
+                *live.entry(session.owner).or_default() += 1;
+            }
+            (s.nodes.clone(), live)
+        });
+        let members = membership
+            .nodes()
+            .map(|(id, info)| MemberStatus {
+                id: *id,
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                },
+                cluster_addr: info.cluster_addr.clone(),
+                ingest_addr: info.ingest_addr.clone(),
+                disk: reports.get(id).cloned(),
+                live_sessions: live.get(id).copied().unwrap_or(0),
+                last_contact_ms: self.last_contact(*id, metrics.current_leader),
+            })
+            .collect();
+        Status {
+            node_id: self.id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            state: format!("{:?}", metrics.state),
+            committed: metrics.last_log_index,
+            applied: metrics.last_applied.map(|l| l.index),
+            snapshot: metrics.snapshot.map(|l| l.index),
+            purged: metrics.purged.map(|l| l.index),
+            members,
+        }
+    }
+
+    fn last_contact(&self, id: NodeId, leader: Option<NodeId>) -> Option<u64> {
+        if id == self.id {
+            return None;
+        }
+        let from_leader = (leader == Some(id))
+            .then(|| self.leader_contact.since(id))
+            .flatten();
+        from_leader
+            .or_else(|| self.contacts.since(id))
+            .map(|d| d.as_millis() as u64)
+    }
+
+    /// The cluster session table, newest first.
+    pub fn sessions(&self, live_only: bool) -> Vec<SessionEntry> {
+        let mut sessions: Vec<SessionEntry> = self.state.read(|s| {
+            if live_only {
+                s.live_sessions().cloned().collect()
+            } else {
+                s.sessions.values().cloned().collect()
+            }
+        });
+        sessions.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then(a.id.cmp(&b.id)));
+        sessions
+    }
+}
+
+fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, ClusterError> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let raft = openraft::Config {
+        cluster_name: "quorumcast".into(),
+        heartbeat_interval: ms(config.heartbeat),
+        election_timeout_min: ms(config.election_min),
+        election_timeout_max: ms(config.election_max),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+            config.snapshot_logs.unwrap_or(DEFAULT_SNAPSHOT_LOGS),
+        ),
+        max_in_snapshot_log_to_keep: config.snapshot_logs.map(|n| n / 2).unwrap_or(1_000),
+        ..Default::default()
+    };
+    raft.validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))
+}
+
+/// Answers peers' RPCs on the cluster port.
+struct RpcServer(Arc<Member>);
+
+impl RpcHandler<ClusterRequest, ClusterResponse> for RpcServer {
+    async fn handle(&self, from: NodeId, request: ClusterRequest) -> ClusterResponse {
+        let member = &self.0;
+        match request {
+            ClusterRequest::AppendEntries(rpc) => {
+                // Only the current leader sends these; they are how a follower knows it has one.
+                member.leader_contact.record(from);
+                ClusterResponse::AppendEntries(member.raft.append_entries(rpc).await)
+            }
+            ClusterRequest::Vote(rpc) => ClusterResponse::Vote(member.raft.vote(rpc).await),
+            ClusterRequest::InstallSnapshot(rpc) => {
+                member.leader_contact.record(from);
+                ClusterResponse::InstallSnapshot(member.raft.install_snapshot(rpc).await)
+            }
+            ClusterRequest::Propose(command) => {
+                if !member.is_leader() {
+                    return ClusterResponse::Propose(Err(format!(
+                        "node {} is not the leader",
+                        member.id
+                    )));
+                }
+                let answer = member.propose(command).await.map_err(|e| e.to_string());
+                ClusterResponse::Propose(answer)
+            }
+        }
+    }
+}
+
+/// Publishes Raft and cluster state as Prometheus gauges, a few times a second.
+async fn export_metrics(member: Arc<Member>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let metrics = member.raft.metrics().borrow().clone();
+        metrics::gauge!(m::RAFT_TERM).set(metrics.current_term as f64);
+        metrics::gauge!(m::RAFT_LEADER)
+            .set(metrics.current_leader.map(|l| l as f64).unwrap_or(-1.0));
+        metrics::gauge!(m::RAFT_IS_LEADER).set(if metrics.state == ServerState::Leader {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!(m::RAFT_LAST_LOG_INDEX).set(metrics.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!(m::RAFT_APPLIED_INDEX)
+            .set(metrics.last_applied.map(|l| l.index).unwrap_or(0) as f64);
+        let size = metrics.membership_config.membership().nodes().count();
+        metrics::gauge!(m::RAFT_MEMBERS).set(size as f64);
+        let reports = member.state.read(|s| s.nodes.clone());
+        for (node, report) in reports {
+            metrics::gauge!(m::DISK_STATE, "node" => node.to_string())
+                .set(report.state as u8 as f64);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The cluster API on the ingest port: what `quorumcast cluster ...` talks to.
+//!
+//! Reads (`status`, `sessions`, `settings`) are answered by any member from its applied
+//! state. Changes (`learners`, `promote`, `remove`, `settings`) must run on the leader; a
+//! follower answers 421 with the leader's ingest address and the CLI retries there.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::AppState;
+use crate::cluster::member::Member;
+use crate::cluster::types::{Command, CommandResponse, NodeId, NodeInfo, Settings};
+
+fn member(app: &AppState) -> Result<&Arc<Member>, Response> {
+    app.cluster.as_ref().ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            "this node is standalone: no [cluster] in its config\n",
+        )
+            .into_response()
+    })
+}
+
+/// Changes go to the leader: 421 Misdirected Request names it.
+fn leader_only(member: &Member) -> Result<(), Response> {
+    if member.is_leader() {
+        return Ok(());
+    }
+    let body = serde_json::json!({
+        "error": "not the leader",
+        "leader_ingest_addr": member.leader_ingest_addr(),
+    });
+    Err((StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response())
+}
+
+fn done(message: String) -> Response {
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "message": message })),
+    )
+        .into_response()
+}
+
+fn failed(e: impl std::fmt::Display) -> Response {
+    (StatusCode::CONFLICT, format!("{e}\n")).into_response()
+}
+
+pub async fn status(State(app): State<AppState>) -> Response {
+    match member(&app) {
+        Ok(member) => Json(member.status()).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SessionsQuery {
+    #[serde(default)]
+    live: bool,
+}
+
+pub async fn sessions(State(app): State<AppState>, Query(query): Query<SessionsQuery>) -> Response {
+    match member(&app) {
+        Ok(member) => Json(member.sessions(query.live)).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LearnerRequest {
+    id: NodeId,
+    cluster_addr: String,
+    ingest_addr: String,
+}
+
+pub async fn add_learner(
+    State(app): State<AppState>,
+    Json(request): Json<LearnerRequest>,
+) -> Response {
+    let member = match member(&app).and_then(|m| leader_only(m).map(|()| m)) {
+        Ok(member) => member,
+        Err(response) => return response,
+    };
+    let info = NodeInfo {
+        cluster_addr: request.cluster_addr,
+        ingest_addr: request.ingest_addr,
+    };
+    match member.add_learner(request.id, info).await {
+        Ok(()) => done(format!(
+            "node {} added as a learner and caught up",
+            request.id
+        )),
+        Err(e) => failed(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct NodeRequest {
+    id: NodeId,
+}
+
+pub async fn promote(State(app): State<AppState>, Json(request): Json<NodeRequest>) -> Response {
+    let member = match member(&app).and_then(|m| leader_only(m).map(|()| m)) {
+        Ok(member) => member,
+        Err(response) => return response,
+    };
+    match member.promote(request.id).await {
+        Ok(()) => done(format!("node {} is a voter", request.id)),
+        Err(e) => failed(e),
+    }
+}
+
+pub async fn remove(State(app): State<AppState>, Json(request): Json<NodeRequest>) -> Response {
+    let member = match member(&app).and_then(|m| leader_only(m).map(|()| m)) {
+        Ok(member) => member,
+        Err(response) => return response,
+    };
+    match member.remove(request.id).await {
+        Ok(()) => done(format!("node {} removed", request.id)),
+        Err(e) => failed(e),
+    }
+}
+
+pub async fn settings(State(app): State<AppState>) -> Response {
+    match member(&app) {
+        Ok(member) => Json(member.state.read(|s| s.settings.clone())).into_response(),
+        Err(response) => response,
+    }
+}
+
+pub async fn set_settings(State(app): State<AppState>, Json(settings): Json<Settings>) -> Response {
+    let member = match member(&app) {
+        Ok(member) => member,
+        Err(response) => return response,
+    };
+    if let Err(reason) = settings.validate() {
+        return (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response();
+    }
+    match member.propose(Command::SetSettings(settings)).await {
+        Ok(CommandResponse::Rejected { reason }) => failed(reason),
+        Ok(_) => done("settings updated".into()),
+        Err(e) => failed(e),
+    }
+}

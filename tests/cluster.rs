@@ -1,0 +1,713 @@
+//! A recorder set of real `quorumcast node` processes on loopback: election, failover,
+//! restarts, mutual TLS, partitions (iptables), disk pressure (a real small tmpfs),
+//! membership changes and snapshot catch-up.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::*;
+use serde_json::Value;
+
+/// Election timeouts the test sets use (ms); failover assertions derive from them.
+const ELECTION_MAX_MS: u64 = 1600;
+
+fn free_port() -> Result<u16> {
+    // A port free for both TCP (ingest) and UDP (cluster) at the time of asking.
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+}
+
+fn run(bin_args: &[&str]) -> Result<String> {
+    let out = Command::new(BIN).args(bin_args).output()?;
+    if !out.status.success() {
+        bail!(
+            "quorumcast {bin_args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+struct Member {
+    id: u64,
+    ingest: String,
+    cluster: String,
+    dir: PathBuf,
+    config: PathBuf,
+    node: Option<Node>,
+}
+
+struct Set {
+    root: PathBuf,
+    members: Vec<Member>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Set {
+    /// Certificates, configs and `n` running nodes that bootstrap together.
+    fn start(n: u64, extra_cluster_toml: &str) -> Result<Set> {
+        let tmp = tempdir();
+        let root = tmp.path().to_path_buf();
+        run(&["certs", "init", "--out", path(&root.join("ca"))?])?;
+        let mut members = Vec::new();
+        for id in 1..=n {
+            members.push(Member {
+                id,
+                ingest: format!("127.0.0.1:{}", free_port()?),
+                cluster: format!("127.0.0.1:{}", free_port()?),
+                dir: root.join(format!("node{id}")),
+                config: root.join(format!("node{id}.toml")),
+                node: None,
+            });
+        }
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| {
+                format!(
+                    "{{ id = {}, cluster_addr = \"{}\", ingest_addr = \"{}\" }}",
+                    m.id, m.cluster, m.ingest
+                )
+            })
+            .collect();
+        for m in &members {
+            write_config(&root, m, &initial.join(", "), extra_cluster_toml)?;
+        }
+        let mut set = Set {
+            root,
+            members,
+            _tmp: tmp,
+        };
+        for i in 0..set.members.len() {
+            set.start_member(i)?;
+        }
+        set.wait_leader(&[])?;
+        Ok(set)
+    }
+
+    fn start_member(&mut self, i: usize) -> Result<()> {
+        let m = &mut self.members[i];
+        let args = vec!["--config".to_string(), path(&m.config)?.to_string()];
+        m.node = Some(Node::start_in(m.dir.clone(), args, &m.ingest)?);
+        Ok(())
+    }
+
+    fn status(&self, i: usize) -> Result<Value> {
+        let out = run(&[
+            "cluster",
+            "status",
+            "--json",
+            "--node",
+            &self.members[i].ingest,
+        ])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Waits until every running member except `skip` agrees on one leader, then returns
+    /// the leader's index.
+    fn wait_leader(&self, skip: &[usize]) -> Result<usize> {
+        self.wait_leader_other_than(skip, None)
+    }
+
+    /// Like [`Set::wait_leader`], but the agreed leader must not be `old`.
+    fn wait_leader_other_than(&self, skip: &[usize], old: Option<usize>) -> Result<usize> {
+        let old_id = old.map(|i| self.members[i].id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut leaders = Vec::new();
+            for (i, m) in self.members.iter().enumerate() {
+                if skip.contains(&i) || m.node.is_none() {
+                    continue;
+                }
+                let healthy = curl(&[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://{}/healthz", m.ingest),
+                ])?;
+                let leader = self.status(i).ok().and_then(|s| s["leader"].as_u64());
+                leaders.push((String::from_utf8(healthy.stdout)? == "200", leader));
+            }
+            let first = leaders.first().and_then(|(_, l)| *l);
+            if let Some(leader) = first.filter(|l| Some(*l) != old_id) {
+                if leaders
+                    .iter()
+                    .all(|(healthy, l)| *healthy && *l == Some(leader))
+                {
+                    return self
+                        .members
+                        .iter()
+                        .position(|m| m.id == leader)
+                        .context("leader not a member");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader: {leaders:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One v2 upload of the seed sample through curl to member `i`; the HTTP status.
+    fn upload(&self, i: usize) -> Result<(u16, String)> {
+        let sample = samples().join("seed-echo-hi.cast");
+        let out = curl(&[
+            "-sS",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            &format!("@{}", sample.display()),
+            &format!("http://{}/v2/record", self.members[i].ingest),
+        ])?;
+        let text = String::from_utf8(out.stdout)?;
+        let (body, code) = text.rsplit_once('\n').context("no status")?;
+        Ok((code.parse()?, body.to_string()))
+    }
+
+    fn cluster_sessions(&self, i: usize) -> Result<Vec<Value>> {
+        let out = run(&[
+            "cluster",
+            "sessions",
+            "--json",
+            "--node",
+            &self.members[i].ingest,
+        ])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+}
+
+fn path(p: &Path) -> Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+fn write_config(root: &Path, m: &Member, initial: &str, extra: &str) -> Result<()> {
+    let certs = root.join(format!("certs{}", m.id));
+    run(&[
+        "certs",
+        "issue",
+        "--ca",
+        path(&root.join("ca"))?,
+        "--node-id",
+        &m.id.to_string(),
+        "--san",
+        "127.0.0.1",
+        "--out",
+        path(&certs)?,
+    ])?;
+    let text = format!(
+        "statedir = \"{dir}/state\"\n\
+         [cluster]\nnode_id = {id}\nlisten = \"{cluster}\"\n\
+         ca = \"{root}/ca/ca.pem\"\ncert = \"{certs}/node.pem\"\nkey = \"{certs}/node.key\"\n\
+         election_min_ms = 800\nelection_max_ms = {ELECTION_MAX_MS}\nheartbeat_ms = 100\n\
+         initial_members = [{initial}]\n{extra}\n",
+        dir = path(&m.dir)?,
+        id = m.id,
+        cluster = m.cluster,
+        root = path(root)?,
+        certs = path(&certs)?,
+    );
+    std::fs::write(&m.config, text)?;
+    Ok(())
+}
+
+#[test]
+fn three_nodes_elect_a_leader_and_claim_sessions_through_raft() -> Result<()> {
+    let set = Set::start(3, "")?;
+    let (code, body) = set.upload(1)?;
+    assert_eq!(code, 200, "{body}");
+    let table = set.cluster_sessions(0)?;
+    assert_eq!(table.len(), 1, "{table:?}");
+    let s = &table[0];
+    assert_eq!(s["owner"], 2, "owner is the node that took the session");
+    assert_eq!(s["epoch"], 1);
+    let replicas: Vec<u64> = s["replicas"]
+        .as_array()
+        .context("replicas")?
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(replicas.len(), 3);
+    assert_eq!(replicas[0], 2);
+    assert_eq!(s["state"], "sealed");
+    let metrics = String::from_utf8(
+        curl(&["-s", &format!("http://{}/metrics", set.members[1].ingest)])?.stdout,
+    )?;
+    for name in [
+        "quorumcast_raft_term",
+        "quorumcast_raft_is_leader",
+        "quorumcast_claim_seconds_bucket",
+        "quorumcast_raft_members 3",
+    ] {
+        assert!(metrics.contains(name), "missing {name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn killing_the_leader_elects_another_and_the_old_one_rejoins() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    let leader = set.wait_leader(&[])?;
+    let term_before = set.status(leader)?["term"].as_u64().context("term")?;
+    set.members[leader].node.as_mut().context("leader")?.kill9();
+    let killed = Instant::now();
+    let new_leader = set.wait_leader_other_than(&[leader], Some(leader))?;
+    let elapsed = killed.elapsed();
+    assert_ne!(new_leader, leader);
+    // The window: a follower notices after at most election_max, then one election round.
+    assert!(
+        elapsed < Duration::from_millis(3 * ELECTION_MAX_MS),
+        "new leader after {elapsed:?}"
+    );
+    let survivor = if new_leader == 0 { 1 } else { 0 };
+    let survivor = if survivor == leader { 2 } else { survivor };
+    let (code, _) = set.upload(survivor)?;
+    assert_eq!(code, 200, "the majority takes sessions after failover");
+    // Restart the old leader: it rejoins as a follower and catches up.
+    set.members[leader].node = None;
+    set.start_member(leader)?;
+    set.wait_leader(&[])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rejoined = set.status(leader)?;
+        let reference = set.status(new_leader)?;
+        if rejoined["applied"] == reference["applied"]
+            && rejoined["term"].as_u64() > Some(term_before)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("old leader did not catch up: {rejoined} vs {reference}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(set.cluster_sessions(leader)?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn restarting_the_whole_set_keeps_membership_and_sessions() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    for i in 0..3 {
+        assert_eq!(set.upload(i)?.0, 200);
+    }
+    let before = set.cluster_sessions(0)?;
+    for m in &mut set.members {
+        if let Some(node) = m.node.as_mut() {
+            node.signal(libc::SIGTERM);
+            let _ = node.child.wait();
+        }
+        m.node = None;
+    }
+    for i in 0..3 {
+        set.start_member(i)?;
+    }
+    set.wait_leader(&[])?;
+    assert_eq!(set.cluster_sessions(2)?, before);
+    assert_eq!(set.status(1)?["members"].as_array().map(Vec::len), Some(3));
+    Ok(())
+}
+
+#[test]
+fn a_node_with_another_cas_certificate_is_refused() -> Result<()> {
+    let set = Set::start(3, "")?;
+    // An impostor: a valid certificate for node 3, but from its own CA.
+    let evil = set.root.join("evil");
+    run(&["certs", "init", "--out", path(&evil.join("ca"))?])?;
+    run(&[
+        "certs",
+        "issue",
+        "--ca",
+        path(&evil.join("ca"))?,
+        "--node-id",
+        "3",
+        "--san",
+        "127.0.0.1",
+        "--out",
+        path(&evil.join("n"))?,
+    ])?;
+    let impostor = Member {
+        id: 3,
+        ingest: format!("127.0.0.1:{}", free_port()?),
+        cluster: format!("127.0.0.1:{}", free_port()?),
+        dir: evil.join("node"),
+        config: evil.join("node.toml"),
+        node: None,
+    };
+    let initial: Vec<String> = set
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{{ id = {}, cluster_addr = \"{}\", ingest_addr = \"{}\" }}",
+                m.id, m.cluster, m.ingest
+            )
+        })
+        .collect();
+    let text = format!(
+        "statedir = \"{}/state\"\n[cluster]\nnode_id = 3\nlisten = \"{}\"\nca = \"{}/ca/ca.pem\"\ncert = \"{}/n/node.pem\"\nkey = \"{}/n/node.key\"\ninitial_members = [{}]\n",
+        path(&impostor.dir)?, impostor.cluster, path(&evil)?, path(&evil)?, path(&evil)?, initial.join(", ")
+    );
+    std::fs::write(&impostor.config, text)?;
+    let args = vec!["--config".to_string(), path(&impostor.config)?.to_string()];
+    let node = Node::start_in(impostor.dir.clone(), args, &impostor.ingest)?;
+    // It campaigns (it has no leader): every RPC it sends must be refused by TLS.
+    std::thread::sleep(Duration::from_millis(3 * ELECTION_MAX_MS));
+    let health = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/healthz", impostor.ingest),
+    ])?;
+    assert_eq!(
+        String::from_utf8(health.stdout)?,
+        "503",
+        "impostor must not find a leader"
+    );
+    let mut rejected = 0.0;
+    for m in &set.members {
+        let metrics =
+            String::from_utf8(curl(&["-s", &format!("http://{}/metrics", m.ingest)])?.stdout)?;
+        rejected += metrics
+            .lines()
+            .filter(|l| l.starts_with("quorumcast_cluster_rejected_connections_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(rejected >= 1.0, "no node counted a rejected connection");
+    // The real set is unaffected.
+    set.wait_leader(&[])?;
+    assert_eq!(set.status(0)?["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(set.upload(0)?.0, 200);
+    drop(node);
+    Ok(())
+}
+
+/// Drops UDP to and from one port on loopback while alive: a node cut from its peers while
+/// its clients (TCP) still reach it.
+struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    fn isolate(cluster_addr: &str) -> Result<Partition> {
+        let port = cluster_addr.rsplit(':').next().context("port")?.to_string();
+        let rules: Vec<Vec<String>> = ["--dport", "--sport"]
+            .iter()
+            .map(|dir| {
+                ["INPUT", "-p", "udp", "-i", "lo", dir, &port, "-j", "DROP"]
+                    .map(String::from)
+                    .to_vec()
+            })
+            .collect();
+        for rule in &rules {
+            let status = Command::new("iptables")
+                .arg("-I")
+                .args(rule)
+                .status()
+                .context("iptables is needed (run as root)")?;
+            if !status.success() {
+                bail!("iptables -I {rule:?} failed (root and iptables are needed)");
+            }
+        }
+        Ok(Partition { rules })
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables").arg("-D").args(rule).status();
+        }
+    }
+}
+
+#[test]
+fn a_partitioned_minority_refuses_fast_while_the_majority_accepts() -> Result<()> {
+    let set = Set::start(3, "")?;
+    let leader = set.wait_leader(&[])?;
+    // Isolate the leader: the hardest case (it believes it leads until it notices).
+    let partition = Partition::isolate(&set.members[leader].cluster)?;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    set.wait_leader_other_than(&[leader], Some(leader))?;
+    // Until the isolated node notices, a claim may time out; after that, refusals are
+    // immediate. Wait for the first refusal, then measure the next one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = set.upload(leader)?;
+        if code == 503 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("isolated node still accepts sessions: {code} {body}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = Instant::now();
+    let (code, body) = set.upload(leader)?;
+    let took = started.elapsed();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("quorum"), "refusal reason: {body}");
+    println!("isolated node refused in {took:?} (curl, including connection set-up)");
+    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    for i in &others {
+        assert_eq!(set.upload(*i)?.0, 200, "majority node {i} must accept");
+    }
+    let metrics = String::from_utf8(
+        curl(&[
+            "-s",
+            &format!("http://{}/metrics", set.members[leader].ingest),
+        ])?
+        .stdout,
+    )?;
+    assert!(
+        metrics.contains("quorumcast_refusals_total{reason=\"no_quorum\"}"),
+        "refusal not counted"
+    );
+    drop(partition);
+    set.wait_leader(&[])?;
+    assert_eq!(set.upload(leader)?.0, 200, "healed node accepts again");
+    Ok(())
+}
+
+/// A real, small file system for one node's dst.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                path(dir)?,
+            ])
+            .status()
+            .context("mount is needed (run as root)")?;
+        if !status.success() {
+            bail!("mounting a tmpfs failed (root is needed)");
+        }
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn wait_disk_state(set: &Set, node_id: u64, want: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = set.status(0)?;
+        let state = status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"] == node_id)
+            .map(|m| m["disk"]["state"].clone());
+        if state == Some(Value::from(want)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("node {node_id} never reached disk state {want}: {state:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_nearly_full_disk_puts_a_node_under_pressure_until_space_returns() -> Result<()> {
+    let tmp = tempdir();
+    let dst3 = tmp.path().join("dst3");
+    let fs = Tmpfs::mount(&dst3, "20m")?;
+    let mut set = Set::start(3, "disk_check_ms = 100")?;
+    // Re-point node 3's dst at the small file system.
+    set.members[2].node = None;
+    let m = &mut set.members[2];
+    let args = vec![
+        "--config".to_string(),
+        path(&m.config)?.to_string(),
+        "--dst".into(),
+        path(&fs.dir)?.to_string(),
+    ];
+    m.node = Some(Node::start_in(m.dir.clone(), args, &m.ingest)?);
+    set.wait_leader(&[])?;
+    let settings = r#"{"replication_factor":3,"pressure_used_percent":85,"pressure_min_free_bytes":1048576,"clear_used_percent":80,"full_used_percent":95}"#;
+    let out = curl(&[
+        "-sS",
+        "--fail",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        settings,
+        &format!("http://{}/api/v1/cluster/settings", set.members[0].ingest),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_disk_state(&set, 3, "ok")?;
+    // Fill to 90% with a real file.
+    let filler = fs.dir.join("filler");
+    std::fs::write(&filler, vec![7u8; 18 * 1024 * 1024])?;
+    wait_disk_state(&set, 3, "pressure")?;
+    let started = Instant::now();
+    let (code, body) = set.upload(2)?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("pressure"), "{body}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // A node under pressure is never put in a new replica set.
+    assert_eq!(set.upload(0)?.0, 200);
+    let newest = &set.cluster_sessions(0)?[0];
+    let replicas: Vec<u64> = newest["replicas"]
+        .as_array()
+        .context("replicas")?
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(
+        !replicas.contains(&3),
+        "pressured node chosen as replica: {replicas:?}"
+    );
+    // Space returns: the pressure clears.
+    std::fs::remove_file(&filler)?;
+    wait_disk_state(&set, 3, "ok")?;
+    assert_eq!(set.upload(2)?.0, 200);
+    let metrics = String::from_utf8(
+        curl(&["-s", &format!("http://{}/metrics", set.members[2].ingest)])?.stdout,
+    )?;
+    assert!(
+        metrics.contains("quorumcast_refusals_total{reason=\"disk_pressure\"} 1"),
+        "{metrics}"
+    );
+    set.members[2].node = None;
+    drop(fs);
+    Ok(())
+}
+
+#[test]
+fn a_learner_is_added_promoted_and_removed() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    // Node 4: same CA, no initial members (it joins when added).
+    let id = 4;
+    let m = Member {
+        id,
+        ingest: format!("127.0.0.1:{}", free_port()?),
+        cluster: format!("127.0.0.1:{}", free_port()?),
+        dir: set.root.join("node4"),
+        config: set.root.join("node4.toml"),
+        node: None,
+    };
+    write_config(&set.root, &m, "", "")?;
+    set.members.push(m);
+    set.start_member(3)?;
+    let via = &set.members[1].ingest;
+    let (cluster, ingest) = (
+        set.members[3].cluster.clone(),
+        set.members[3].ingest.clone(),
+    );
+    run(&[
+        "cluster",
+        "add-learner",
+        "--node",
+        via,
+        "--id",
+        "4",
+        "--cluster-addr",
+        &cluster,
+        "--ingest-addr",
+        &ingest,
+    ])?;
+    run(&["cluster", "promote", "--node", via, "--id", "4"])?;
+    let status = set.status(0)?;
+    let roles: Vec<(u64, String)> = status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap_or(0),
+                m["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|(_, r)| r == "voter").count(),
+        4,
+        "{roles:?}"
+    );
+    set.wait_leader(&[])?;
+    run(&["cluster", "remove", "--node", via, "--id", "4"])?;
+    let status = set.status(0)?;
+    let ids: Vec<u64> = status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(set.upload(0)?.0, 200);
+    Ok(())
+}
+
+#[test]
+fn a_node_that_missed_compacted_log_catches_up_from_a_snapshot() -> Result<()> {
+    let mut set = Set::start(3, "snapshot_logs = 10")?;
+    let leader = set.wait_leader(&[])?;
+    let down = (leader + 1) % 3;
+    let up = (leader + 2) % 3;
+    let before = set.status(down)?["applied"].as_u64().unwrap_or(0);
+    set.members[down].node.as_mut().context("node")?.kill9();
+    set.members[down].node = None;
+    for _ in 0..15 {
+        assert_eq!(set.upload(up)?.0, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while set.status(leader)?["purged"].as_u64().unwrap_or(0) <= before {
+        if Instant::now() > deadline {
+            bail!("leader never compacted its log: {}", set.status(leader)?);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    set.start_member(down)?;
+    set.wait_leader(&[])?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let caught = set.status(down)?;
+        if caught["applied"] == set.status(leader)?["applied"] {
+            assert!(
+                caught["snapshot"].as_u64().unwrap_or(0) > before,
+                "no snapshot installed: {caught}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("restarted node did not catch up: {caught}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(set.cluster_sessions(down)?.len(), 15);
+    Ok(())
+}
