@@ -209,7 +209,7 @@ fn progress(message: &str) {
 /// One untimed stream so that the first measured row does not pay for lazy start-up.
 async fn warm_up(node: &Node, corpus: &Arc<Corpus>, o: &Options) -> Result<()> {
     let bytes = (o.total_bytes / 8).clamp(MIB, 64 * MIB);
-    bulk_ingest(&node.addr, corpus, 1, bytes, o.max_conns, 0).await?;
+    bulk_ingest(node, corpus, 1, bytes, o.max_conns, 0).await?;
     Ok(())
 }
 
@@ -224,11 +224,8 @@ struct BulkRow {
     bytes: u64,
     /// (recorder, limit) wall time of each run.
     runs: Vec<(Duration, Duration)>,
-    /// CPU seconds over all recorder runs of the row.
-    node_cpu: f64,
-    client_cpu: f64,
-    /// Everything else on the machine, kernel writeback threads included.
-    other_cpu: f64,
+    /// CPU seconds used during all recorder runs of the row.
+    cpu: CpuTimes,
     /// Group commit over all recorder runs of the row.
     commit: CommitStats,
 }
@@ -254,26 +251,17 @@ async fn bulk_rows(
             conns: 0,
             bytes: 0,
             runs: Vec::new(),
-            node_cpu: 0.0,
-            client_cpu: 0.0,
-            other_cpu: 0.0,
+            cpu: CpuTimes::default(),
             commit: CommitStats::default(),
         };
         for _ in 0..o.runs {
+            settle().await;
             let limit = sequential_limit(work, o.total_bytes).await?;
-            let node_cpu = node.cpu_secs()?;
-            let client_cpu = self_cpu_secs();
-            let machine_cpu = machine_cpu_secs()?;
-            let commit = node.commit_stats().await?;
+            settle().await;
             let total = o.total_bytes;
-            let run = bulk_ingest(&node.addr, corpus, streams, total, o.max_conns, 1000).await?;
-            row.node_cpu += node.cpu_secs()? - node_cpu;
-            row.client_cpu += self_cpu_secs() - client_cpu;
-            row.other_cpu += machine_cpu_secs()?
-                - machine_cpu
-                - (node.cpu_secs()? - node_cpu)
-                - (self_cpu_secs() - client_cpu);
-            row.commit = row.commit.plus(&node.commit_stats().await?.minus(&commit));
+            let run = bulk_ingest(node, corpus, streams, total, o.max_conns, 1000).await?;
+            row.cpu = row.cpu.plus(&run.cpu);
+            row.commit = row.commit.plus(&run.commit);
             stored = check_stored(&node.dst(), stored, run.bytes)?;
             progress(&format!(
                 "{streams} streams: recorder {:.1} MB/s, limit {:.1} MB/s",
@@ -286,6 +274,13 @@ async fn bulk_rows(
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Before each measurement: write back what earlier ones left dirty, then let the disk rest.
+async fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// The limit: `bytes` written by one thread to one new file in 64 KiB `write`s, then one
@@ -319,6 +314,9 @@ struct BulkRun {
     elapsed: Duration,
     /// When the gate opened and when the last final ack arrived.
     window: (Instant, Instant),
+    /// CPU used and group commit done within `window`.
+    cpu: CpuTimes,
+    commit: CommitStats,
 }
 
 /// Bulk ingest: `streams` v2 uploads over min(streams, max_conns) h2c connections
@@ -327,13 +325,14 @@ struct BulkRun {
 /// opening the gate (all bodies start at once) until the last stream has received an ack
 /// equal to its byte count, i.e. until every byte is durable.
 async fn bulk_ingest(
-    addr: &str,
+    node: &Node,
     corpus: &Arc<Corpus>,
     streams: usize,
     total: u64,
     max_conns: usize,
     first_id: usize,
 ) -> Result<BulkRun> {
+    let addr = node.addr.as_str();
     let conns = streams.min(max_conns);
     let senders = future::try_join_all((0..conns).map(|_| connect(addr))).await?;
     let (go, gate) = watch::channel(false);
@@ -348,34 +347,55 @@ async fn bulk_ingest(
         .try_collect::<Vec<_>>()
         .await?;
     let bytes = opened.iter().map(|(_, b)| b).sum();
-    let finals: Vec<_> = opened
+    let (reached_tx, mut reached) = tokio::sync::mpsc::unbounded_channel();
+    let readers: Vec<_> = opened
         .into_iter()
-        .map(|(acks, bytes)| tokio::spawn(final_ack_time(acks, bytes)))
+        .map(|(acks, bytes)| tokio::spawn(read_to_final_ack(acks, bytes, reached_tx.clone())))
         .collect();
+    drop(reached_tx);
+    let (cpu, commit) = (CpuTimes::now(node)?, node.commit_stats().await?);
     let started = Instant::now();
     go.send_replace(true);
     let mut last = started;
-    for done in finals {
-        last = last.max(done.await.context("ack reader")??);
+    for _ in 0..streams {
+        // A reader that fails drops its sender without a report; its error comes below.
+        let Some(at) = reached.recv().await else {
+            break;
+        };
+        last = last.max(at);
+    }
+    let cpu = CpuTimes::now(node)?.minus(&cpu);
+    let commit = node.commit_stats().await?.minus(&commit);
+    for reader in readers {
+        reader.await.context("ack reader")??;
     }
     Ok(BulkRun {
         conns,
         bytes,
         elapsed: last - started,
         window: (started, last),
+        cpu,
+        commit,
     })
 }
 
-/// Reads a stream's acks to the end of its response; returns when the ack reached `bytes`.
-async fn final_ack_time(mut acks: AckStream, bytes: u64) -> Result<Instant> {
-    let mut reached = None;
+/// Reads a stream's acks to the end of its response; reports on `reached` when the ack
+/// first equals `bytes`.
+async fn read_to_final_ack(
+    mut acks: AckStream,
+    bytes: u64,
+    reached: tokio::sync::mpsc::UnboundedSender<Instant>,
+) -> Result<()> {
+    let mut seen = false;
     while let Some(ack) = acks.next().await? {
         ensure!(ack <= bytes, "ack {ack} is beyond the {bytes} bytes sent");
-        if ack == bytes && reached.is_none() {
-            reached = Some(Instant::now());
+        if ack == bytes && !seen {
+            seen = true;
+            let _ = reached.send(Instant::now());
         }
     }
-    reached.with_context(|| format!("response ended without an ack of all {bytes} bytes"))
+    ensure!(seen, "response ended without an ack of all {bytes} bytes");
+    Ok(())
 }
 
 /// Body that waits for the gate, then yields `chunks` as fast as the connection takes them.
@@ -472,10 +492,8 @@ async fn paced_during_bulk(
     let stop = CancellationToken::new();
     let paced = paced_streams(node.addr.clone(), corpus.clone(), o.clone(), stop.clone());
     let paced = tokio::spawn(paced);
-    let commit = node.commit_stats().await?;
     let total = o.total_bytes;
-    let bulk = bulk_ingest(&node.addr, corpus, bulk_streams, total, o.max_conns, 2000).await;
-    let commit = node.commit_stats().await?.minus(&commit);
+    let bulk = bulk_ingest(node, corpus, bulk_streams, total, o.max_conns, 2000).await;
     stop.cancel();
     let samples = paced.await??;
     let bulk = bulk?;
@@ -490,7 +508,7 @@ async fn paced_during_bulk(
     Ok(LatencyRow {
         condition,
         samples,
-        commit,
+        commit: bulk.commit,
         wall: bulk.elapsed,
     })
 }
@@ -626,7 +644,7 @@ struct IdleResult {
 /// The "after" value is read after a settle time of two ack intervals.
 async fn idle_rss(node: &Node, o: &Options) -> Result<IdleResult> {
     let corpus = Corpus::generate(o.seed, MIB as usize, o.chunk_bytes);
-    bulk_ingest(&node.addr, &Arc::new(corpus.clone()), 1, MIB, 1, 0).await?;
+    bulk_ingest(node, &Arc::new(corpus.clone()), 1, MIB, 1, 0).await?;
     let rss_before_kib = node.status_kib("VmRSS")?;
     progress(&format!("opening {} idle sessions", o.idle_sessions));
     let end = CancellationToken::new();
@@ -1052,6 +1070,45 @@ fn raise_fd_limit() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// CPU seconds used by the node, by this process (the client) and by the whole machine.
+#[derive(Debug, Default, Clone, Copy)]
+struct CpuTimes {
+    node: f64,
+    client: f64,
+    machine: f64,
+}
+
+impl CpuTimes {
+    fn now(node: &Node) -> Result<CpuTimes> {
+        Ok(CpuTimes {
+            node: node.cpu_secs()?,
+            client: self_cpu_secs(),
+            machine: machine_cpu_secs()?,
+        })
+    }
+
+    fn minus(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            node: self.node - earlier.node,
+            client: self.client - earlier.client,
+            machine: self.machine - earlier.machine,
+        }
+    }
+
+    fn plus(&self, other: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            node: self.node + other.node,
+            client: self.client + other.client,
+            machine: self.machine + other.machine,
+        }
+    }
+
+    /// Everything else on the machine: kernel writeback threads, other users.
+    fn other(&self) -> f64 {
+        self.machine - self.node - self.client
+    }
 }
 
 /// Busy CPU seconds of the whole machine so far (all of /proc/stat's "cpu" line but idle
@@ -1559,32 +1616,23 @@ fn print_report(
 }
 
 fn print_bulk(o: &Options, bulk: &[BulkRow], peak_rss: u64) {
-    println!();
     println!(
-        "1+2. Bulk ingest, POST /v2/record: {} MiB per run split evenly over the streams, {} KiB",
-        o.total_bytes / MIB,
-        o.chunk_bytes / 1024
+        "
+1+2. Bulk ingest, POST /v2/record: {total} MiB per run, split evenly over the streams, sent
+     in {chunk} KiB body chunks of whole lines; one h2c connection per stream up to {conns},
+     beyond that streams multiplexed round-robin. Recorder time: all bodies start -> the
+     last stream's final ack. Limit: the same bytes, one file, 64 KiB write()s + one
+     fdatasync, measured right before each recorder run. sync(2) and a 1 s pause before
+     every measurement. {runs} run(s) per row: MB/s are medians, ratio = median/median,
+     [range] = lowest and highest ratio of a (limit, recorder) pair. MB = 10^6 bytes.
+     CPU = CPU seconds / recorder wall seconds (2 CPUs = 200%); other = everything else on
+     the machine (kernel writeback threads, other users), idle and iowait excluded.
+",
+        total = o.total_bytes / MIB,
+        chunk = o.chunk_bytes / 1024,
+        conns = o.max_conns,
+        runs = o.runs
     );
-    println!(
-        "     body chunks of whole lines; one h2c connection per stream up to {}, then streams",
-        o.max_conns
-    );
-    println!(
-        "     multiplexed round-robin. Recorder time: all bodies start -> last stream's final ack."
-    );
-    println!(
-        "     Limit: the same bytes, one file, 64 KiB write()s + one fdatasync, measured right"
-    );
-    println!(
-        "     before each recorder run. {} run(s) per row; MB/s columns are medians, ratio =",
-        o.runs
-    );
-    println!("     median/median, [range] = lowest and highest per-run ratio. MB = 10^6 bytes.");
-    println!(
-        "     CPU = CPU seconds / recorder wall seconds (2 CPUs = 200%); other = the rest of the"
-    );
-    println!("     machine (kernel writeback, other users), idle and iowait excluded.");
-    println!();
     println!("  streams  conns   MiB/run  recorder MB/s  limit MB/s  recorder/limit [range]  node CPU  client CPU  other CPU");
     for r in bulk {
         let recorder: Vec<f64> = r.runs.iter().map(|(rec, _)| mbps(r.bytes, *rec)).collect();
@@ -1606,9 +1654,9 @@ fn print_bulk(o: &Options, bulk: &[BulkRow], peak_rss: u64) {
             100.0 * median(&recorder) / median(&limit),
             100.0 * lo,
             100.0 * hi,
-            100.0 * r.node_cpu / wall,
-            100.0 * r.client_cpu / wall,
-            100.0 * r.other_cpu / wall
+            100.0 * r.cpu.node / wall,
+            100.0 * r.cpu.client / wall,
+            100.0 * r.cpu.other() / wall
         );
     }
     let met = bulk.iter().all(|r| {
@@ -1637,13 +1685,15 @@ fn print_bulk(o: &Options, bulk: &[BulkRow], peak_rss: u64) {
 }
 
 fn print_latency(o: &Options, latency: &[LatencyRow]) {
-    println!();
     println!(
-        "3. Ack latency: {} paced streams, 1 h2c connection each, each sending one ~200-byte",
-        o.paced_streams
+        "
+3. Ack latency: {streams} paced streams, 1 h2c connection each, each sending one ~200-byte
+   line every {every} ms. Time: line handed to the h2 client -> first ack frame >= its end
+   offset. Under load: only lines sent between the start and the end of the bulk run.
+",
+        streams = o.paced_streams,
+        every = o.paced_interval.as_millis()
     );
-    println!("   line every {} ms. Time: line handed to the h2 client -> first ack frame >= its end offset.", o.paced_interval.as_millis());
-    println!();
     println!("  condition                                   lines      p50      p99      max");
     for row in latency {
         let (p50, p99, max) = percentiles(&row.samples);
@@ -1668,29 +1718,21 @@ fn print_latency(o: &Options, latency: &[LatencyRow]) {
 
 fn print_idle(idle: &IdleResult) {
     let delta = idle.rss_after_kib as f64 - idle.rss_before_kib as f64;
-    println!();
     println!(
-        "4. Idle sessions: {} v2 sessions on a fresh node, 1 h2c connection each, header only,",
-        idle.sessions
-    );
-    println!("   every header acked. VmRSS from /proc/PID/status.");
-    println!(
-        "   node VmRSS before {} KiB, after {} KiB (read {:.1} s after the last header ack)",
-        idle.rss_before_kib,
-        idle.rss_after_kib,
-        idle.idle_for.as_secs_f64()
-    );
-    println!(
-        "   RSS per idle session: {:.1} KiB",
-        delta / idle.sessions.max(1) as f64
-    );
-    println!(
-        "   opening them took {:.2} s from the first connect to the last header ack (64 at a time)",
-        idle.opening.as_secs_f64()
-    );
-    println!(
-        "   keep-alive acks per session while idle (fewest): {}",
-        idle.min_keepalives
+        "
+4. Idle sessions: {n} v2 sessions on a fresh node (after one warm-up session), 1 h2c
+   connection each, header only, every header acked. VmRSS from /proc/PID/status.
+   node VmRSS before {before} KiB, after {after} KiB (read {idle:.1} s after the last header ack)
+   RSS per idle session: {per:.1} KiB
+   opening them took {opening:.2} s from the first connect to the last header ack (64 at a time)
+   keep-alive acks per session while idle (fewest): {keepalives}",
+        n = idle.sessions,
+        before = idle.rss_before_kib,
+        after = idle.rss_after_kib,
+        idle = idle.idle_for.as_secs_f64(),
+        per = delta / idle.sessions.max(1) as f64,
+        opening = idle.opening.as_secs_f64(),
+        keepalives = idle.min_keepalives
     );
 }
 
