@@ -21,7 +21,6 @@
 //!   membership, session claims with fencing epochs, disk state. Beside the data path;
 //!   `session` reaches it only through the `Admission` trait.
 //! - [`admin`]: the operator's `cluster` commands, an HTTP client of the cluster API.
-//! - [`cluster`]: the clustered recorder set: Raft control plane and replication.
 
 pub mod admin;
 pub mod asciicast;

@@ -319,6 +319,28 @@ fn restarting_the_whole_set_keeps_membership_and_sessions() -> Result<()> {
 }
 
 #[test]
+fn a_rolling_restart_keeps_the_set_available() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    for i in 0..3 {
+        if let Some(node) = set.members[i].node.as_mut() {
+            node.signal(libc::SIGTERM);
+            let status = node.child.wait()?;
+            assert!(status.success(), "node {i} exited with {status}");
+        }
+        set.members[i].node = None;
+        // While one node is down the other two keep taking sessions.
+        let other = (i + 1) % 3;
+        set.wait_leader(&[i])?;
+        let (code, body) = set.upload(other)?;
+        assert_eq!(code, 200, "node {other} while {i} restarts: {body}");
+        set.start_member(i)?;
+        set.wait_leader(&[])?;
+    }
+    assert_eq!(set.cluster_sessions(0)?.len(), 3);
+    Ok(())
+}
+
+#[test]
 fn a_node_with_another_cas_certificate_is_refused() -> Result<()> {
     let set = Set::start(3, "")?;
     // An impostor: a valid certificate for node 3, but from its own CA.

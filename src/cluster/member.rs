@@ -252,9 +252,15 @@ impl Member {
                 started_at_ms,
                 up: up(),
             },
-            Command::TakeOver { id, new_owner, .. } => Command::TakeOver {
+            Command::TakeOver {
                 id,
                 new_owner,
+                from_epoch,
+                ..
+            } => Command::TakeOver {
+                id,
+                new_owner,
+                from_epoch,
                 up: up(),
             },
             other => other,

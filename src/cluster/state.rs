@@ -57,7 +57,12 @@ impl ClusterState {
                 up,
                 members,
             ),
-            Command::TakeOver { id, new_owner, up } => self.take_over(id, *new_owner, up, members),
+            Command::TakeOver {
+                id,
+                new_owner,
+                from_epoch,
+                up,
+            } => self.take_over(id, *new_owner, *from_epoch, up, members),
             Command::EndSession { id, state, epoch } => self.end(id, *state, *epoch),
             Command::SetSettings(settings) => self.set_settings(settings),
         };
@@ -181,6 +186,7 @@ impl ClusterState {
         &mut self,
         id: &str,
         new_owner: NodeId,
+        from_epoch: u64,
         up: &[NodeId],
         members: &BTreeSet<NodeId>,
     ) -> Outcome {
@@ -197,16 +203,34 @@ impl ClusterState {
                 session.state.as_str()
             ));
         }
+        if session.epoch != from_epoch {
+            return Err(format!(
+                "session {id} is at epoch {}, not {from_epoch}",
+                session.epoch
+            ));
+        }
         let Some(epoch) = session.epoch.checked_add(1) else {
             return Err(format!("session {id} epoch exhausted"));
         };
-        let survivors = session
+        // Keep the old replicas (a dead one catches up when it returns and counts
+        // towards the majority the new owner needs, exactly as before the takeover).
+        let mut others: Vec<NodeId> = session
             .replicas
             .iter()
             .copied()
-            .filter(|n| *n != new_owner && members.contains(n) && up.contains(n))
-            .filter(|n| disk(*n) != DiskState::Full);
-        let replicas: Vec<NodeId> = std::iter::once(new_owner).chain(survivors).collect();
+            .filter(|n| *n != new_owner && members.contains(n))
+            .filter(|n| disk(*n) != DiskState::Full)
+            .collect();
+        let room = self.settings.replication_factor.max(1) - 1;
+        while others.len() > room {
+            // Drop an unreachable replica first, else the last one.
+            let drop_at = others
+                .iter()
+                .rposition(|n| !up.contains(n))
+                .unwrap_or(others.len() - 1);
+            others.remove(drop_at);
+        }
+        let replicas: Vec<NodeId> = std::iter::once(new_owner).chain(others).collect();
         let reply = CommandResponse::Claimed {
             epoch,
             replicas: replicas.clone(),

@@ -177,11 +177,14 @@ pub enum Command {
         started_at_ms: i64,
         up: Vec<NodeId>,
     },
-    /// Failover: `new_owner` takes a live session at epoch + 1, keeping the surviving
-    /// replicas (members, in `up`, not full).
+    /// Failover: `new_owner` takes a live session at epoch + 1, keeping the other
+    /// replicas (members, not full; the ones not in `up` are dropped first if the set
+    /// would exceed the replication factor). Only if the session is still at `from_epoch`,
+    /// so two nodes racing to take over can't both win.
     TakeOver {
         id: String,
         new_owner: NodeId,
+        from_epoch: u64,
         up: Vec<NodeId>,
     },
     /// The owner ends a session. Accepted only at the session's current epoch (fencing).

@@ -114,10 +114,17 @@ fn take_over_bumps_epoch_and_keeps_survivors() {
     let take = Command::TakeOver {
         id: "a".into(),
         new_owner: 3,
+        from_epoch: 1,
         up: vec![2, 3, 4],
     };
     let (epoch, replicas) = claimed(st.apply(&take, &m));
-    assert_eq!((epoch, replicas), (2, vec![3, 2]));
+    assert_eq!(epoch, 2);
+    assert_eq!(replicas[0], 3);
+    assert_eq!(replicas.len(), 3, "the old replicas stay: {replicas:?}");
+    assert!(
+        is_rejected(&st.apply(&take, &m)),
+        "a second takeover from epoch 1 loses the race"
+    );
     let session = st.session("a").expect("session");
     assert_eq!((session.owner, session.epoch), (3, 2));
 
@@ -154,6 +161,7 @@ fn take_over_drops_full_replicas_and_rejects_non_members() {
     let take = |new_owner| Command::TakeOver {
         id: "a".into(),
         new_owner,
+        from_epoch: 1,
         up: vec![1, 2, 3],
     };
     assert!(is_rejected(&st.apply(&take(9), &m)));
@@ -322,8 +330,9 @@ fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         3 => (node(), disk_state()).prop_map(|(n, s)| report(n, s)),
         4 => (session_id(), node(), up()).prop_map(|(id, owner, up)| claim(&id, owner, &up)),
-        2 => (session_id(), node(), up())
-            .prop_map(|(id, new_owner, up)| Command::TakeOver { id, new_owner, up }),
+        2 => (session_id(), node(), 1..4u64, up()).prop_map(|(id, new_owner, from_epoch, up)| {
+            Command::TakeOver { id, new_owner, from_epoch, up }
+        }),
         3 => (session_id(), end_state(), 0..4u64)
             .prop_map(|(id, state, epoch)| Command::EndSession { id, state, epoch }),
         1 => (0..5usize).prop_map(|replication_factor| Command::SetSettings(Settings {
