@@ -21,12 +21,14 @@
 //!   membership, session claims with fencing epochs, disk state. Beside the data path;
 //!   `session` reaches it only through the `Admission` trait.
 //! - [`admin`]: the operator's `cluster` commands, an HTTP client of the cluster API.
+//! - [`dev`]: `quorumcast dev`, a local recorder set of child node processes on loopback.
 
 pub mod admin;
 pub mod asciicast;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod dev;
 pub mod ingest;
 pub mod metrics;
 pub mod node;

@@ -26,6 +26,8 @@ enum Command {
     Cat(client::CatArgs),
     /// Inspect and change the recorder set through any node's HTTP address.
     Cluster(admin::ClusterArgs),
+    /// Start a local recorder set on loopback (children of this process) until Ctrl-C.
+    Dev(quorumcast::dev::DevArgs),
     /// Create the cluster CA and node certificates (mutual TLS between nodes).
     Certs {
         #[command(subcommand)]
@@ -83,6 +85,10 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Cat(args) => client::run_cat(args).map(|()| 0).map_err(Into::into),
         Command::Cluster(args) => admin::run(args).await.map(|()| 0).map_err(Into::into),
         Command::Certs { command } => run_certs(command).map(|()| 0),
+        Command::Dev(args) => quorumcast::dev::run(args)
+            .await
+            .map(|()| 0)
+            .map_err(Into::into),
     }
 }
 
