@@ -1,5 +1,7 @@
 //! Sans-IO parser for the v2 response body: a stream of JSON objects `{"ack":N}`, possibly
-//! ending with `{"error":"text"}`.
+//! ending with `{"error":"text"}` (with the resumable extension, `"reconnect":true` may say
+//! that the recorder hands the session off). With the extension, N is an absolute offset in
+//! the recording; for a stream that starts at 0 that is the same as body bytes.
 //!
 //! Frames are usually newline-separated, but nothing guarantees that an HTTP/2 DATA frame ends
 //! at a frame boundary or that separators are present, so the parser accepts any concatenation
@@ -13,10 +15,15 @@ const MAX_PARTIAL_FRAME: usize = 64 * 1024;
 /// One message from the recorder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckFrame {
-    /// The recorder has received (in quorumcast: durably stored) this many body bytes.
+    /// The recorder has received (in quorumcast: durably stored) the recording up to here.
     Ack(u64),
     /// The recorder gave up on the recording; it ends the response after this.
-    Error(String),
+    Error {
+        /// The recorder's reason.
+        text: String,
+        /// `"reconnect": true`: a hand-off (shutdown, disk full), resume elsewhere.
+        reconnect: bool,
+    },
     /// A well-formed object with neither field: proves liveness only.
     Other,
 }
@@ -39,6 +46,8 @@ struct RawFrame {
     ack: Option<u64>,
     /// Terminal error text.
     error: Option<String>,
+    /// Extension: the error is a hand-off.
+    reconnect: Option<bool>,
 }
 
 /// Accumulates response body bytes and yields complete frames.
@@ -76,7 +85,10 @@ impl AckParser {
 impl From<RawFrame> for AckFrame {
     fn from(raw: RawFrame) -> Self {
         match (raw.error, raw.ack) {
-            (Some(text), _) => AckFrame::Error(text),
+            (Some(text), _) => AckFrame::Error {
+                text,
+                reconnect: raw.reconnect == Some(true),
+            },
             (None, Some(n)) => AckFrame::Ack(n),
             (None, None) => AckFrame::Other,
         }
@@ -106,7 +118,10 @@ mod tests {
                 [
                     AckFrame::Ack(1),
                     AckFrame::Ack(200),
-                    AckFrame::Error("disk full".into())
+                    AckFrame::Error {
+                        text: "disk full".into(),
+                        reconnect: false
+                    }
                 ],
                 "cut at {cut}"
             );
@@ -118,6 +133,24 @@ mod tests {
         let mut p = AckParser::default();
         let frames = p.push(b"{\"ack\":7,\"epoch\":3}\n{}\n").unwrap();
         assert_eq!(frames, [AckFrame::Ack(7), AckFrame::Other]);
+    }
+
+    #[test]
+    fn reads_the_hand_off_flag() {
+        let mut p = AckParser::default();
+        let frames = p
+            .push(b"{\"ack\":9}{\"error\":\"shutting down\",\"reconnect\":true}")
+            .unwrap();
+        assert_eq!(
+            frames,
+            [
+                AckFrame::Ack(9),
+                AckFrame::Error {
+                    text: "shutting down".into(),
+                    reconnect: true
+                }
+            ]
+        );
     }
 
     #[test]

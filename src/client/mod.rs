@@ -4,19 +4,24 @@
 //! mirroring it to the terminal ([`pty`]), describing the session ([`header`]), encoding
 //! asciicast v2 events ([`encoder`]), choosing a recorder and speaking the Tailscale recorder
 //! protocol to it ([`recorder`], [`ack`]), streaming with a bounded unacked buffer ([`upload`]),
-//! and replaying recordings ([`replay`]). [`session`] ties the `record` pieces together.
+//! moving a live recording to another recorder when its stream breaks ([`failover`], with the
+//! sans-IO rules of the resumable extension in [`resume`]; the wire contract is
+//! `docs/protocol.md`), and replaying recordings ([`replay`]). [`session`] ties the `record`
+//! pieces together.
 //!
 //! It does not own the recorder server, storage, or the CLI definition (`main.rs` embeds the
 //! `*Args` structs below as subcommands). Nothing here reads server-side state.
 
 mod ack;
 mod encoder;
+mod failover;
 #[cfg(test)]
 mod fake_recorder;
 mod header;
 mod pty;
 mod recorder;
 mod replay;
+mod resume;
 mod session;
 mod upload;
 
@@ -38,16 +43,21 @@ pub struct RecordArgs {
     )]
     pub recorders: Vec<String>,
     /// Fail closed: do not start the command unless a recorder accepted, and terminate it if
-    /// the recording stream breaks.
+    /// the recording stream breaks and no recorder takes over within the failover deadline.
     #[arg(long)]
     pub enforce: bool,
-    /// Also write the exact recording bytes sent to the recorder to FILE.
+    /// Also write the recording to FILE: every byte once, as produced (bytes resent after a
+    /// failover are not repeated), so it equals what the recorders store.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Seconds without an ack frame (v2) or without accepted bytes while data waits (v1) after
     /// which the recording stream counts as broken.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub ack_timeout: Duration,
+    /// Seconds after a broken recording stream within which another recorder must take the
+    /// session over (quorumcast recorders only); the command keeps running meanwhile.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub failover_deadline: Duration,
     /// Seconds to wait for the recorder's final confirmation after the command exits.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub finish_timeout: Duration,
@@ -95,7 +105,8 @@ pub enum ClientError {
     /// `--enforce` and no recorder accepted: the command was not started.
     #[error("not starting the command (--enforce): {0}")]
     NotRecorded(recorder::ConnectError),
-    /// `--enforce` and the stream broke mid-session: the command was terminated.
+    /// `--enforce` and the stream broke mid-session (and no recorder took over): the command
+    /// was terminated.
     #[error("recording stream broke, ending the session (--enforce): {0}")]
     RecordingBroken(upload::UploadError),
     /// `--enforce` and the recorder did not confirm the end of the recording.
@@ -185,6 +196,7 @@ mod tests {
         assert!(r.enforce);
         assert_eq!(r.ack_timeout, Duration::from_millis(500));
         assert_eq!(r.finish_timeout, Duration::from_secs(10));
+        assert_eq!(r.failover_deadline, Duration::from_secs(10));
         assert_eq!(r.command, ["sh", "-c", "echo --enforce"]);
     }
 

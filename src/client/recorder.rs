@@ -5,6 +5,11 @@
 //! falls back to v1 (`POST /record` over HTTP/1.1 with `Expect: 100-continue`). Any failure to
 //! start moves on to the next address, all within one overall budget.
 //!
+//! With an [`Extension`] (quorumcast's resumable sessions, `docs/protocol.md`) the v2 `POST`
+//! carries `Quorumcast-Session` (and `Quorumcast-Resume` on a reconnect), and the recorder's
+//! `Quorumcast-Resume-Offset` answer is checked before the stream counts as accepted; a
+//! reconnect never falls back to v1, which cannot continue a recording.
+//!
 //! The result is a [`Transport`]: a sender for body bytes plus a [`Progress`] watch that a
 //! background task keeps up to date (acked offset, stream state). It knows nothing about the
 //! unacked buffer; that is the uploader's job.
@@ -27,6 +32,7 @@ use tokio::task::AbortHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::ack::{AckFrame, AckParser};
+use super::resume::{self, ResumePoint, SessionId};
 
 /// Chunks queued between the uploader and hyper. Every queued chunk is also held in the
 /// uploader's unacked buffer, so this only bounds the number of in-flight chunk handles;
@@ -125,10 +131,22 @@ pub enum StreamState {
 /// Shared view of a stream's progress, published by its response task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
-    /// Body bytes the recorder acknowledged (v2), or that hyper took for writing (v1).
+    /// Offset the recorder acknowledged (v2), or body bytes hyper took for writing (v1).
     pub acked: u64,
     /// Lifecycle of the stream.
     pub state: StreamState,
+    /// v2: the `Quorumcast-Resume-Offset` of the `200`, set together with `Open`.
+    pub resume_offset: Option<u64>,
+}
+
+/// The resumable extension, as one `POST /v2/record` uses it.
+#[derive(Debug, Clone)]
+pub struct Extension {
+    /// Sent as `Quorumcast-Session`.
+    pub session: SessionId,
+    /// `None`: a new session. `Some`: a reconnect; `acked` is sent as `Quorumcast-Resume` and
+    /// the answer must satisfy [`ResumePoint::plan`].
+    pub resume: Option<ResumePoint>,
 }
 
 /// An accepted recording stream to one recorder.
@@ -138,6 +156,9 @@ pub struct Transport {
     pub addr: RecorderAddr,
     /// The protocol negotiated with it.
     pub protocol: Protocol,
+    /// The recorder's `Quorumcast-Resume-Offset` (already checked against the request): the
+    /// offset of the first body byte. `None`: no extension (v1, or a stock v2 recorder).
+    pub resume_offset: Option<u64>,
     /// Request body queue; `None` once the body was ended.
     body: Option<mpsc::Sender<Bytes>>,
     /// Acks and state, updated by the response task.
@@ -214,6 +235,7 @@ pub enum ConnectError {
 pub async fn connect(
     addrs: &[RecorderAddr],
     timeouts: Timeouts,
+    ext: Option<&Extension>,
 ) -> Result<Transport, ConnectError> {
     if addrs.is_empty() {
         return Err(ConnectError::NoAddress);
@@ -221,7 +243,7 @@ pub async fn connect(
     let deadline = Instant::now() + timeouts.overall;
     let mut failures = Vec::new();
     for addr in addrs {
-        match timeout_at(deadline, try_addr(addr, timeouts, deadline)).await {
+        match timeout_at(deadline, try_addr(addr, timeouts, deadline, ext)).await {
             Ok(Ok(transport)) => return Ok(transport),
             Ok(Err(reason)) => failures.push(format!("{addr}: {reason}")),
             Err(_) => {
@@ -236,16 +258,28 @@ pub async fn connect(
     Err(ConnectError::AllFailed(failures))
 }
 
-/// One address: v2 if the probe says so, else v1.
+/// One address: v2 if the probe says so, else v1 (never for a reconnect).
 async fn try_addr(
     addr: &RecorderAddr,
     timeouts: Timeouts,
     deadline: Instant,
+    ext: Option<&Extension>,
 ) -> Result<Transport, String> {
+    let resume = ext.and_then(|e| e.resume.as_ref());
     match probe_v2(addr, timeouts).await {
-        Ok((sender, conn_task)) => start_v2(addr, sender, conn_task, timeouts, deadline)
-            .await
-            .map_err(|e| format!("v2: {e}")),
+        Ok((sender, conn_task)) => {
+            let transport = start_v2(addr, sender, conn_task, timeouts, deadline, ext)
+                .await
+                .map_err(|e| format!("v2: {e}"))?;
+            if ext.is_some() {
+                resume::check_answer(resume, transport.resume_offset)
+                    .map_err(|e| format!("v2: {e}"))?;
+            }
+            Ok(transport)
+        }
+        Err(probe_failure) if resume.is_some() => Err(format!(
+            "v2 probe: {probe_failure}; a v1 recorder cannot resume a session"
+        )),
         Err(probe_failure) => start_v1(addr, timeouts, deadline)
             .await
             .map_err(|e| format!("v2 probe: {probe_failure}; v1: {e}")),
@@ -304,39 +338,104 @@ async fn start_v2(
     conn_task: TaskGuard,
     timeouts: Timeouts,
     deadline: Instant,
+    ext: Option<&Extension>,
 ) -> Result<Transport, String> {
     let (body_tx, body_rx) = mpsc::channel(BODY_QUEUE_CHUNKS);
     let (progress_tx, progress_rx) = watch::channel(Progress::starting());
-    let req = request(
+    let mut req = request(
         Method::POST,
         addr,
         "/v2/record",
         Version::HTTP_2,
         UploadBody::new(body_rx, None),
     )?;
+    if let Some(ext) = ext {
+        add_extension_headers(req.headers_mut(), ext)?;
+    }
     let response = sender.send_request(req);
     let driver = TaskGuard::spawn(async move {
         let state = match response.await {
             Err(e) => StreamState::Failed(format!("POST /v2/record: {e}")),
-            Ok(resp) if resp.status() != StatusCode::OK => {
-                StreamState::Failed(format!("POST /v2/record answered {}", resp.status()))
-            }
-            Ok(resp) => {
-                progress_tx.send_modify(|p| p.state = StreamState::Open);
-                read_acks(resp.into_body(), &progress_tx, timeouts.ack_window).await
-            }
+            Ok(resp) if resp.status() != StatusCode::OK => refusal(resp).await,
+            Ok(resp) => match offered_offset(resp.headers()) {
+                Err(reason) => StreamState::Failed(reason),
+                Ok(offset) => {
+                    progress_tx.send_modify(|p| {
+                        p.state = StreamState::Open;
+                        p.resume_offset = offset;
+                    });
+                    read_acks(resp.into_body(), &progress_tx, timeouts.ack_window).await
+                }
+            },
         };
         progress_tx.send_modify(|p| p.state = state);
     });
     let transport = Transport {
         addr: addr.clone(),
         protocol: Protocol::V2,
+        resume_offset: None,
         body: Some(body_tx),
         progress: progress_rx,
         _tasks: [driver, conn_task],
         _sender: Sender::H2(sender),
     };
     wait_accepted(transport, deadline).await
+}
+
+/// Most bytes of a refusal's body quoted in the failure reason (the extension's refusals carry
+/// a one-line reason; anything longer is not worth more of the log line).
+const REFUSAL_REASON_BYTES: usize = 200;
+/// How long we wait for a refusal's reason: a refusal must be fast, its body even more so.
+const REFUSAL_BODY_WAIT: Duration = Duration::from_millis(500);
+
+/// `Quorumcast-Session`, and `Quorumcast-Resume` on a reconnect.
+fn add_extension_headers(headers: &mut header::HeaderMap, ext: &Extension) -> Result<(), String> {
+    let session = header::HeaderValue::from_str(ext.session.as_str())
+        .map_err(|e| format!("session id as a header: {e}"))?;
+    headers.insert(resume::SESSION_HEADER, session);
+    if let Some(point) = &ext.resume {
+        headers.insert(resume::RESUME_HEADER, point.acked.into());
+    }
+    Ok(())
+}
+
+/// The `Quorumcast-Resume-Offset` of a `200`, if any; a malformed one fails the stream.
+fn offered_offset(headers: &header::HeaderMap) -> Result<Option<u64>, String> {
+    let Some(value) = headers.get(resume::RESUME_OFFSET_HEADER) else {
+        return Ok(None);
+    };
+    resume::parse_offset(value.as_bytes())
+        .map(Some)
+        .ok_or_else(|| format!("malformed Quorumcast-Resume-Offset {value:?}"))
+}
+
+/// A non-200 answer, with the first line of its body (the recorder's reason) when it comes
+/// quickly; the status alone is enough to move on.
+async fn refusal(resp: hyper::Response<Incoming>) -> StreamState {
+    let status = resp.status();
+    let reason = match timeout(REFUSAL_BODY_WAIT, first_line(resp.into_body())).await {
+        Ok(Some(line)) => format!(": {line}"),
+        _ => String::new(),
+    };
+    StreamState::Failed(format!("POST /v2/record answered {status}{reason}"))
+}
+
+/// The first non-empty line of a body, cut to [`REFUSAL_REASON_BYTES`].
+async fn first_line(mut body: Incoming) -> Option<String> {
+    let mut text = Vec::new();
+    while text.len() < REFUSAL_REASON_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    text.extend_from_slice(&data);
+                }
+            }
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().take(REFUSAL_REASON_BYTES).collect())
 }
 
 /// Reads `{"ack":N}` frames until the response ends; returns the final state.
@@ -371,8 +470,9 @@ async fn read_acks(
                     progress.send_modify(|p| p.acked = p.acked.max(n));
                     ack_deadline = Instant::now() + window;
                 }
-                AckFrame::Error(text) => {
-                    return StreamState::Failed(format!("recorder error: {text}"))
+                AckFrame::Error { text, reconnect } => {
+                    let hand_off = if reconnect { " (hand-off)" } else { "" };
+                    return StreamState::Failed(format!("recorder error: {text}{hand_off}"));
                 }
                 AckFrame::Other => {}
             }
@@ -440,6 +540,7 @@ async fn start_v1(
     let transport = Transport {
         addr: addr.clone(),
         protocol: Protocol::V1,
+        resume_offset: None,
         body: Some(body_tx),
         progress: progress_rx,
         _tasks: [driver, conn_task],
@@ -453,7 +554,10 @@ async fn wait_accepted(mut transport: Transport, deadline: Instant) -> Result<Tr
     loop {
         let state = transport.progress.borrow_and_update().state.clone();
         match state {
-            StreamState::Open => return Ok(transport),
+            StreamState::Open => {
+                transport.resume_offset = transport.progress.borrow().resume_offset;
+                return Ok(transport);
+            }
             StreamState::Failed(reason) => return Err(reason),
             StreamState::Done => return Err("response ended before the recording started".into()),
             StreamState::Starting => {}
@@ -493,6 +597,7 @@ impl Progress {
         Self {
             acked: 0,
             state: StreamState::Starting,
+            resume_offset: None,
         }
     }
 }
@@ -574,7 +679,9 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             addrs.push(RecorderAddr::parse(&l.local_addr().unwrap().to_string()).unwrap());
         }
-        let err = connect(&addrs, Timeouts::default()).await.unwrap_err();
+        let err = connect(&addrs, Timeouts::default(), None)
+            .await
+            .unwrap_err();
         let ConnectError::AllFailed(failures) = err else {
             panic!("expected AllFailed")
         };

@@ -4,6 +4,11 @@
 //! header, start the command on a PTY, then pump PTY output to stdout and into the recording
 //! while forwarding stdin, window-size changes and termination signals, until the command has
 //! exited and its output is drained. Finally confirm the upload and return the exit code.
+//!
+//! A broken recording stream does not stop the pump when the recorder speaks the resumable
+//! extension: the upload fails over in the background (one line on stderr per move) while
+//! output keeps going into its bounded buffer. Only when no recorder takes over within
+//! `--failover-deadline` does the session end (`--enforce`) or go on unrecorded.
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -22,9 +27,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::encoder::Encoder;
+use super::failover::FailoverConfig;
 use super::header::{Header, Invocation, SessionEnv};
 use super::pty::{self, Pty, RawModeGuard, Size};
-use super::recorder::{self, RecorderAddr, Timeouts};
+use super::recorder::{self, Extension, RecorderAddr, Timeouts};
+use super::resume::SessionId;
 use super::upload::{Upload, UploadError};
 use super::{warn, ClientError, RecordArgs};
 
@@ -52,14 +59,11 @@ pub async fn run(args: RecordArgs) -> Result<i32, ClientError> {
         Some(path) => Some(create_copy(path).await?),
         None => None,
     };
-    let upload = open_upload(&addrs, &args).await?;
-    let header = Header::new(
-        &env,
-        &invocation,
-        (size.cols, size.rows),
-        unix_now(),
-        uuid::Uuid::new_v4(),
-    );
+    // One id names the recording everywhere: the header's connectionID and, for the
+    // resumable extension, the session the recorders know it by.
+    let id = uuid::Uuid::new_v4();
+    let upload = open_upload(&addrs, &args, SessionId::from_uuid(id)).await?;
+    let header = Header::new(&env, &invocation, (size.cols, size.rows), unix_now(), id);
     let recording = Recording::start(upload, copy, &args, header).await?;
 
     let mut session = Session::start(&invocation.argv, size, tty, recording)?;
@@ -102,20 +106,30 @@ fn initial_size(tty: bool) -> Size {
 async fn open_upload(
     addrs: &[RecorderAddr],
     args: &RecordArgs,
+    session: SessionId,
 ) -> Result<Option<Upload>, ClientError> {
     let timeouts = Timeouts {
         ack_window: args.ack_timeout,
         ..Timeouts::default()
     };
-    match recorder::connect(addrs, timeouts).await {
+    let ext = Extension {
+        session: session.clone(),
+        resume: None,
+    };
+    match recorder::connect(addrs, timeouts, Some(&ext)).await {
         Ok(transport) => {
-            let (addr, protocol) = (&transport.addr, transport.protocol);
-            tracing::debug!(recorder = %addr, ?protocol, "recording stream accepted");
-            Ok(Some(Upload::new(
-                transport,
-                args.unacked_limit,
-                args.ack_timeout,
-            )))
+            let (addr, protocol) = (transport.addr.clone(), transport.protocol);
+            let failover = FailoverConfig {
+                addrs: addrs.to_vec(),
+                session: session.clone(),
+                deadline: args.failover_deadline,
+                ack_window: args.ack_timeout,
+            };
+            let upload = Upload::new(transport, args.unacked_limit, args.ack_timeout)
+                .with_failover(failover);
+            let resumable = upload.can_fail_over();
+            tracing::debug!(recorder = %addr, ?protocol, resumable, %session, "recording stream accepted");
+            Ok(Some(upload))
         }
         Err(e) if args.enforce => Err(ClientError::NotRecorded(e)),
         Err(e) => {
@@ -151,7 +165,8 @@ struct Recording {
     started: Instant,
     /// The live upload; `None` when unrecorded (no recorder, or the stream broke, fail-open).
     upload: Option<Upload>,
-    /// `--output`: receives exactly the bytes handed to the upload.
+    /// `--output`: receives each recording byte once, when it is handed to the upload (a
+    /// resend after a failover is the upload's business and never reaches the copy).
     copy: Option<tokio::fs::File>,
     /// Fail closed on a broken stream.
     enforce: bool,
@@ -205,12 +220,24 @@ impl Recording {
             return Ok(());
         };
         let line = Bytes::from(line);
-        match upload.send(line.clone()).await {
+        let sent = upload.send(line.clone()).await;
+        self.report_moves();
+        match sent {
             Ok(()) => {
                 self.write_copy(&line).await;
                 Ok(())
             }
             Err(e) => self.stream_broke(e),
+        }
+    }
+
+    /// One stderr line per failover that completed inside a send.
+    fn report_moves(&mut self) {
+        let Some(upload) = self.upload.as_mut() else {
+            return;
+        };
+        for moved in upload.take_moves() {
+            warn(self.raw, &moved.to_string());
         }
     }
 
@@ -228,11 +255,17 @@ impl Recording {
         Ok(())
     }
 
-    /// Resolves when the upload breaks; never while unrecorded.
+    /// Resolves when the upload breaks for good; never while unrecorded. Meanwhile it drives
+    /// failovers and reports each one. Cancel-safe (the pump `select!`s on it).
     async fn broken(&mut self) -> UploadError {
-        match self.upload.as_mut() {
-            Some(upload) => upload.broken().await,
-            None => std::future::pending().await,
+        let Some(upload) = self.upload.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            match upload.next_event().await {
+                Ok(moved) => warn(self.raw, &moved.to_string()),
+                Err(e) => return e,
+            }
         }
     }
 
@@ -261,10 +294,14 @@ impl Recording {
             self.emit(line).await?;
         }
         self.flush_copy().await;
-        let Some(upload) = self.upload.take() else {
+        let Some(mut upload) = self.upload.take() else {
             return Ok(());
         };
-        match upload.finish(self.finish_timeout).await {
+        let confirmed = upload.finish(self.finish_timeout).await;
+        for moved in upload.take_moves() {
+            warn(self.raw, &moved.to_string());
+        }
+        match confirmed {
             Ok(_) => Ok(()),
             Err(e) if self.enforce => Err(ClientError::RecordingUnconfirmed(e)),
             Err(e) => {
@@ -509,17 +546,26 @@ fn read_stdin(tx: &mpsc::Sender<Bytes>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake_recorder::{Behaviour, FakeRecorder};
+    use super::super::fake_recorder::{Acks, Behaviour, FakeRecorder, Offer};
     use super::super::DEFAULT_UNACKED_LIMIT;
     use super::*;
     use http::StatusCode;
 
     fn args(recorder: &FakeRecorder, output: Option<&Path>, command: &[&str]) -> RecordArgs {
+        args_for(&[recorder], output, command)
+    }
+
+    fn args_for(
+        recorders: &[&FakeRecorder],
+        output: Option<&Path>,
+        command: &[&str],
+    ) -> RecordArgs {
         RecordArgs {
-            recorders: vec![recorder.addr.to_string()],
+            recorders: recorders.iter().map(|r| r.addr.to_string()).collect(),
             enforce: true,
             output: output.map(Path::to_owned),
             ack_timeout: Duration::from_secs(5),
+            failover_deadline: Duration::from_secs(5),
             finish_timeout: Duration::from_secs(5),
             unacked_limit: DEFAULT_UNACKED_LIMIT,
             command: command.iter().map(|s| s.to_string()).collect(),
@@ -574,6 +620,149 @@ mod tests {
             !marker.exists(),
             "the command ran although no recorder accepted"
         );
+    }
+
+    /// `record` would switch the developer's terminal to raw mode; CI has no terminal.
+    fn skip_on_a_terminal() -> bool {
+        let tty = pty::is_tty(std::io::stdin());
+        if tty {
+            eprintln!("skipped: stdin is a terminal");
+        }
+        tty
+    }
+
+    /// Waits until `rec` received `needle`, then kills it like `kill -9` would.
+    async fn kill_after(rec: &FakeRecorder, needle: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !rec.received().windows(needle.len()).any(|w| w == needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the recorder never got {needle:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rec.kill();
+    }
+
+    fn resumable(acks: Acks) -> Behaviour {
+        Behaviour::Resumable {
+            acks,
+            offer: Offer::Echo,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_recording_moves_when_its_recorder_dies_and_no_byte_is_lost_or_doubled() {
+        if skip_on_a_terminal() {
+            return;
+        }
+        // The first recorder acks only half of what it got: the rest must be resent.
+        let first = FakeRecorder::start(resumable(Acks::Half)).await;
+        let second = FakeRecorder::start(resumable(Acks::Every)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy.cast");
+        let cmd = [
+            "sh",
+            "-c",
+            "printf 'one\\n'; sleep 1; printf 'two\\n'; sleep 0.3; printf 'three\\n'",
+        ];
+        let record = tokio::spawn(run(args_for(&[&first, &second], Some(&copy), &cmd)));
+        kill_after(&first, b"one").await;
+        let code = record.await.unwrap().unwrap();
+        assert_eq!(code, 0);
+
+        let resumed_at = second.requests()[0].offered.unwrap() as usize;
+        let from_first = first.received();
+        assert!(resumed_at < from_first.len(), "nothing was resent");
+        let mut stored = from_first[..resumed_at].to_vec();
+        stored.extend(second.received());
+        let sent = std::fs::read(&copy).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&stored),
+            String::from_utf8_lossy(&sent),
+            "stored recording and --output copy differ"
+        );
+        let text: String = sent
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice::<(f64, String, String)>(l)
+                    .unwrap()
+                    .2
+            })
+            .collect();
+        assert_eq!(text, "one\r\ntwo\r\nthree\r\n");
+        assert_eq!(first.requests()[0].session, second.requests()[0].session);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn enforce_terminates_the_command_when_no_recorder_takes_over() {
+        if skip_on_a_terminal() {
+            return;
+        }
+        let first = FakeRecorder::start(resumable(Acks::Every)).await;
+        let busy = FakeRecorder::start(Behaviour::RefusePost(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no quorum",
+        ))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "echo $$ > {}; echo started; exec sleep 60",
+            pid_file.display()
+        );
+        let mut args = args_for(&[&first, &busy], None, &["sh", "-c", &script]);
+        args.failover_deadline = Duration::from_millis(500);
+        let record = tokio::spawn(run(args));
+        kill_after(&first, b"started").await;
+        let outcome = tokio::time::timeout(Duration::from_secs(15), record)
+            .await
+            .expect("the command was not terminated")
+            .unwrap();
+        let err = outcome.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::RecordingBroken(UploadError::NoTakeover { .. })
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("no recorder took over within 500ms"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        assert!(!alive, "the command is still running");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn without_enforce_the_command_goes_on_unrecorded_after_the_deadline() {
+        if skip_on_a_terminal() {
+            return;
+        }
+        let first = FakeRecorder::start(resumable(Acks::Every)).await;
+        let busy = FakeRecorder::start(Behaviour::RefusePost(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no quorum",
+        ))
+        .await;
+        let cmd = ["sh", "-c", "echo started; sleep 1.5; echo after; exit 4"];
+        let mut args = args_for(&[&first, &busy], None, &cmd);
+        args.enforce = false;
+        args.failover_deadline = Duration::from_millis(300);
+        let record = tokio::spawn(run(args));
+        kill_after(&first, b"started").await;
+        assert_eq!(record.await.unwrap().unwrap(), 4);
+        assert!(busy.received().is_empty());
     }
 
     #[test]
