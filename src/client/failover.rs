@@ -83,7 +83,12 @@ impl Reconnect {
         point: ResumePoint,
         cause: String,
     ) -> Self {
-        tracing::info!(recorder = %from, acked = point.acked, %cause, "recording stream broke, failing over");
+        tracing::debug!(
+            recorder = %from,
+            acked = point.acked,
+            %cause,
+            "recording stream broke, failing over"
+        );
         let task = tokio::spawn(take_over(config, from.clone(), point));
         Self {
             from,

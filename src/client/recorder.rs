@@ -249,13 +249,20 @@ pub async fn connect(
             Err(_) => {
                 failures.push(format!(
                     "{addr}: gave up, {:?} budget for all recorders spent",
-                    timeouts.overall
+                    to_tenths(timeouts.overall)
                 ));
                 break;
             }
         }
     }
     Err(ConnectError::AllFailed(failures))
+}
+
+/// Rounds to 0.1 s for messages (a failover's budget is what is left of its deadline, and
+/// "2.999984117s" says nothing more than "3s").
+fn to_tenths(d: Duration) -> Duration {
+    let tenths = (d.as_millis() + 50) / 100;
+    Duration::from_millis(u64::try_from(tenths * 100).unwrap_or(u64::MAX))
 }
 
 /// One address: v2 if the probe says so, else v1 (never for a reconnect).
@@ -669,6 +676,14 @@ mod tests {
         assert_eq!(ok("[::1]:9000"), Ok("[::1]:9000".into()));
         assert!(ok("https://rec.example").is_err());
         assert!(ok("http://").is_err());
+    }
+
+    #[test]
+    fn budgets_are_shown_in_tenths() {
+        let ms = Duration::from_millis;
+        assert_eq!(to_tenths(Duration::from_nanos(2_999_984_117)), ms(3000));
+        assert_eq!(to_tenths(ms(1240)), ms(1200));
+        assert_eq!(to_tenths(Duration::ZERO), Duration::ZERO);
     }
 
     #[tokio::test]

@@ -128,7 +128,13 @@ async fn open_upload(
             let upload = Upload::new(transport, args.unacked_limit, args.ack_timeout)
                 .with_failover(failover);
             let resumable = upload.can_fail_over();
-            tracing::debug!(recorder = %addr, ?protocol, resumable, %session, "recording stream accepted");
+            tracing::debug!(
+                recorder = %addr,
+                ?protocol,
+                resumable,
+                %session,
+                "recording stream accepted"
+            );
             Ok(Some(upload))
         }
         Err(e) if args.enforce => Err(ClientError::NotRecorded(e)),

@@ -462,7 +462,8 @@ impl Upload {
             elapsed: reconnect.started.elapsed(),
             resumed_at,
         };
-        tracing::info!(%moved, "recording stream resumed");
+        // Debug only: the session prints the one stderr line the user sees.
+        tracing::debug!(%moved, "recording stream resumed");
         if self.moves.len() == MAX_PENDING_MOVES {
             self.moves.pop_front();
         }
