@@ -105,6 +105,7 @@ struct ClusterFileConfig {
     election_max_ms: Option<u64>,
     disk_check_ms: Option<u64>,
     snapshot_logs: Option<u64>,
+    orphan_timeout_ms: Option<u64>,
 }
 
 /// One member of the initial set, as the config file names it.
@@ -140,6 +141,9 @@ pub struct ClusterConfig {
     pub disk_check: Duration,
     /// Applied log entries between Raft snapshots (default 5000).
     pub snapshot_logs: Option<u64>,
+    /// A live session whose owner is silent this long and that no client resumed is
+    /// sealed by a replica (default 30 s: longer than a client's failover deadline).
+    pub orphan_timeout: Duration,
 }
 
 /// A validated node configuration.
@@ -247,6 +251,7 @@ fn cluster_config(
         election_max: ms(c.election_max_ms, 1600),
         disk_check: ms(c.disk_check_ms, 1000),
         snapshot_logs: c.snapshot_logs,
+        orphan_timeout: ms(c.orphan_timeout_ms, 30_000),
     };
     let invalid = |message: &str| ConfigError::Invalid {
         field: "cluster",

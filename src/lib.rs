@@ -8,6 +8,8 @@
 //!   `/v2/event`) and the operator API, turns requests into byte streams and durable
 //!   offsets into ack frames. Knows nothing of files.
 //! - [`session`]: admission, the pipeline of one recording, and what an ack means.
+//! - [`replication`]: owner → replicas over QUIC, majority-durable offsets, takeovers
+//!   with fencing, sealing orphans.
 //! - [`storage`]: files under `--dst`, group commit, the session index under statedir.
 //!
 //! Beside the data path:
@@ -32,5 +34,6 @@ pub mod dev;
 pub mod ingest;
 pub mod metrics;
 pub mod node;
+pub mod replication;
 pub mod session;
 pub mod storage;

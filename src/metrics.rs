@@ -47,6 +47,15 @@ pub const DISK_STATE: &str = "quorumcast_disk_state";
 pub const DISK_FREE_BYTES: &str = "quorumcast_disk_free_bytes";
 pub const DISK_TOTAL_BYTES: &str = "quorumcast_disk_total_bytes";
 
+/// Counter: replica writes (or stream opens) refused because they carried a stale epoch.
+pub const STALE_WRITES_REFUSED: &str = "quorumcast_replication_stale_epoch_refusals_total";
+/// Counter: sessions taken over by this node (client resume or orphan sealing), by `reason`.
+pub const TAKEOVERS: &str = "quorumcast_takeovers_total";
+/// Histogram: time for a takeover (Raft epoch, fencing, reconcile), seconds.
+pub const TAKEOVER_SECONDS: &str = "quorumcast_takeover_seconds";
+/// Gauge: bytes a session's slowest replica trails the owner's durable offset, by `replica`.
+pub const REPLICA_LAG_BYTES: &str = "quorumcast_replica_lag_bytes";
+
 /// fsync latencies on SSDs are 0.1–10 ms, on busy or network disks up to seconds.
 const FSYNC_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -69,6 +78,9 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
             b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_FILES.into()), BATCH_BUCKETS)
         })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLAIM_SECONDS.into()), CLAIM_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(TAKEOVER_SECONDS.into()), CLAIM_BUCKETS)
+        })
         .map_err(|e| MetricsError(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;

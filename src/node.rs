@@ -69,7 +69,7 @@ pub async fn run(
             let member = Member::start(
                 cluster.clone(),
                 &config.statedir,
-                config.dst.clone(),
+                storage.clone(),
                 shutdown.clone(),
                 &tracker,
             )
@@ -81,11 +81,21 @@ pub async fn run(
     let admission: Arc<dyn crate::session::Admission> = match &cluster {
         Some(member) => Arc::new(ClusterAdmission {
             member: member.clone(),
+            tracker: tracker.clone(),
         }),
         None => Arc::new(crate::session::Standalone),
     };
     let sessions =
         SessionManager::new(storage, config.session.clone(), shutdown.clone(), admission);
+    if let (Some(member), Some(cluster)) = (&cluster, &config.cluster) {
+        tracker.spawn(crate::replication::orphans::sweep(
+            member.clone(),
+            member.copies.clone(),
+            sessions.clone(),
+            cluster.orphan_timeout,
+            shutdown.clone(),
+        ));
+    }
     let identity = match &config.tailscaled_socket {
         Some(socket) => Identity::Tailscaled {
             socket: socket.clone(),

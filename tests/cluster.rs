@@ -9,225 +9,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::set::*;
 use common::*;
 use serde_json::Value;
-
-/// Election timeouts the test sets use (ms); failover assertions derive from them.
-const ELECTION_MAX_MS: u64 = 1600;
-
-fn free_port() -> Result<u16> {
-    // A port free for both TCP (ingest) and UDP (cluster) at the time of asking.
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-}
-
-fn run(bin_args: &[&str]) -> Result<String> {
-    let out = Command::new(BIN).args(bin_args).output()?;
-    if !out.status.success() {
-        bail!(
-            "quorumcast {bin_args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-struct Member {
-    id: u64,
-    ingest: String,
-    cluster: String,
-    dir: PathBuf,
-    config: PathBuf,
-    node: Option<Node>,
-}
-
-struct Set {
-    root: PathBuf,
-    members: Vec<Member>,
-    _tmp: tempfile::TempDir,
-}
-
-impl Set {
-    /// Certificates, configs and `n` running nodes that bootstrap together.
-    fn start(n: u64, extra_cluster_toml: &str) -> Result<Set> {
-        let tmp = tempdir();
-        let root = tmp.path().to_path_buf();
-        run(&["certs", "init", "--out", path(&root.join("ca"))?])?;
-        let mut members = Vec::new();
-        for id in 1..=n {
-            members.push(Member {
-                id,
-                ingest: format!("127.0.0.1:{}", free_port()?),
-                cluster: format!("127.0.0.1:{}", free_port()?),
-                dir: root.join(format!("node{id}")),
-                config: root.join(format!("node{id}.toml")),
-                node: None,
-            });
-        }
-        let initial: Vec<String> = members
-            .iter()
-            .map(|m| {
-                format!(
-                    "{{ id = {}, cluster_addr = \"{}\", ingest_addr = \"{}\" }}",
-                    m.id, m.cluster, m.ingest
-                )
-            })
-            .collect();
-        for m in &members {
-            write_config(&root, m, &initial.join(", "), extra_cluster_toml)?;
-        }
-        let mut set = Set {
-            root,
-            members,
-            _tmp: tmp,
-        };
-        for i in 0..set.members.len() {
-            set.start_member(i)?;
-        }
-        set.wait_leader(&[])?;
-        Ok(set)
-    }
-
-    fn start_member(&mut self, i: usize) -> Result<()> {
-        let m = &mut self.members[i];
-        let args = vec!["--config".to_string(), path(&m.config)?.to_string()];
-        m.node = Some(Node::start_in(m.dir.clone(), args, &m.ingest)?);
-        Ok(())
-    }
-
-    fn status(&self, i: usize) -> Result<Value> {
-        let out = run(&[
-            "cluster",
-            "status",
-            "--json",
-            "--node",
-            &self.members[i].ingest,
-        ])?;
-        Ok(serde_json::from_str(&out)?)
-    }
-
-    /// Waits until every running member except `skip` agrees on one leader, then returns
-    /// the leader's index.
-    fn wait_leader(&self, skip: &[usize]) -> Result<usize> {
-        self.wait_leader_other_than(skip, None)
-    }
-
-    /// Like [`Set::wait_leader`], but the agreed leader must not be `old`.
-    fn wait_leader_other_than(&self, skip: &[usize], old: Option<usize>) -> Result<usize> {
-        let old_id = old.map(|i| self.members[i].id);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut leaders = Vec::new();
-            for (i, m) in self.members.iter().enumerate() {
-                if skip.contains(&i) || m.node.is_none() {
-                    continue;
-                }
-                let healthy = curl(&[
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    &format!("http://{}/healthz", m.ingest),
-                ])?;
-                let leader = self.status(i).ok().and_then(|s| s["leader"].as_u64());
-                leaders.push((String::from_utf8(healthy.stdout)? == "200", leader));
-            }
-            let first = leaders.first().and_then(|(_, l)| *l);
-            if let Some(leader) = first.filter(|l| Some(*l) != old_id) {
-                if leaders
-                    .iter()
-                    .all(|(healthy, l)| *healthy && *l == Some(leader))
-                {
-                    return self
-                        .members
-                        .iter()
-                        .position(|m| m.id == leader)
-                        .context("leader not a member");
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("no agreed leader: {leaders:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// One v2 upload of the seed sample through curl to member `i`; the HTTP status.
-    fn upload(&self, i: usize) -> Result<(u16, String)> {
-        let sample = samples().join("seed-echo-hi.cast");
-        let out = curl(&[
-            "-sS",
-            "--http2-prior-knowledge",
-            "-w",
-            "\n%{http_code}",
-            "--data-binary",
-            &format!("@{}", sample.display()),
-            &format!("http://{}/v2/record", self.members[i].ingest),
-        ])?;
-        let text = String::from_utf8(out.stdout)?;
-        let (body, code) = text.rsplit_once('\n').context("no status")?;
-        Ok((code.parse()?, body.to_string()))
-    }
-
-    fn cluster_sessions(&self, i: usize) -> Result<Vec<Value>> {
-        let out = run(&[
-            "cluster",
-            "sessions",
-            "--json",
-            "--node",
-            &self.members[i].ingest,
-        ])?;
-        Ok(serde_json::from_str(&out)?)
-    }
-}
-
-fn path(p: &Path) -> Result<&str> {
-    p.to_str().context("non-UTF-8 path")
-}
-
-fn write_config(root: &Path, m: &Member, initial: &str, extra: &str) -> Result<()> {
-    let certs = root.join(format!("certs{}", m.id));
-    run(&[
-        "certs",
-        "issue",
-        "--ca",
-        path(&root.join("ca"))?,
-        "--node-id",
-        &m.id.to_string(),
-        "--san",
-        "127.0.0.1",
-        "--out",
-        path(&certs)?,
-    ])?;
-    let text = format!(
-        "statedir = \"{dir}/state\"\n\
-         [cluster]\nnode_id = {id}\nlisten = \"{cluster}\"\n\
-         ca = \"{root}/ca/ca.pem\"\ncert = \"{certs}/node.pem\"\nkey = \"{certs}/node.key\"\n\
-         election_min_ms = 800\nelection_max_ms = {ELECTION_MAX_MS}\nheartbeat_ms = 100\n\
-         initial_members = [{initial}]\n{extra}\n",
-        dir = path(&m.dir)?,
-        id = m.id,
-        cluster = m.cluster,
-        root = path(root)?,
-        certs = path(&certs)?,
-    );
-    std::fs::write(&m.config, text)?;
-    Ok(())
-}
 
 #[test]
 fn three_nodes_elect_a_leader_and_claim_sessions_through_raft() -> Result<()> {
     let set = Set::start(3, "")?;
     let (code, body) = set.upload(1)?;
     assert_eq!(code, 200, "{body}");
-    let table = set.cluster_sessions(0)?;
-    assert_eq!(table.len(), 1, "{table:?}");
+    let table = set.sealed_sessions(0, 1)?;
     let s = &table[0];
     assert_eq!(s["owner"], 2, "owner is the node that took the session");
     assert_eq!(s["epoch"], 1);
@@ -291,7 +82,7 @@ fn killing_the_leader_elects_another_and_the_old_one_rejoins() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(set.cluster_sessions(leader)?.len(), 1);
+    assert_eq!(set.sealed_sessions(leader, 1)?.len(), 1);
     Ok(())
 }
 
@@ -301,7 +92,7 @@ fn restarting_the_whole_set_keeps_membership_and_sessions() -> Result<()> {
     for i in 0..3 {
         assert_eq!(set.upload(i)?.0, 200);
     }
-    let before = set.cluster_sessions(0)?;
+    let before = set.sealed_sessions(0, 3)?;
     for m in &mut set.members {
         if let Some(node) = m.node.as_mut() {
             node.signal(libc::SIGTERM);
@@ -313,7 +104,7 @@ fn restarting_the_whole_set_keeps_membership_and_sessions() -> Result<()> {
         set.start_member(i)?;
     }
     set.wait_leader(&[])?;
-    assert_eq!(set.cluster_sessions(2)?, before);
+    assert_eq!(set.sealed_sessions(2, 3)?, before);
     assert_eq!(set.status(1)?["members"].as_array().map(Vec::len), Some(3));
     Ok(())
 }
@@ -336,7 +127,7 @@ fn a_rolling_restart_keeps_the_set_available() -> Result<()> {
         set.start_member(i)?;
         set.wait_leader(&[])?;
     }
-    assert_eq!(set.cluster_sessions(0)?.len(), 3);
+    assert_eq!(set.sealed_sessions(0, 3)?.len(), 3);
     Ok(())
 }
 
@@ -480,7 +271,16 @@ fn a_partitioned_minority_refuses_fast_while_the_majority_accepts() -> Result<()
     let started = Instant::now();
     let (code, body) = set.upload(leader)?;
     let took = started.elapsed();
-    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        code,
+        503,
+        "{body}\n{}",
+        set.members[leader]
+            .node
+            .as_ref()
+            .map(|n| n.log_text())
+            .unwrap_or_default()
+    );
     assert!(body.contains("quorum"), "refusal reason: {body}");
     println!("isolated node refused in {took:?} (curl, including connection set-up)");
     assert!(took < Duration::from_millis(500), "refusal took {took:?}");
@@ -602,7 +402,7 @@ fn a_nearly_full_disk_puts_a_node_under_pressure_until_space_returns() -> Result
     assert!(started.elapsed() < Duration::from_millis(500));
     // A node under pressure is never put in a new replica set.
     assert_eq!(set.upload(0)?.0, 200);
-    let newest = &set.cluster_sessions(0)?[0];
+    let newest = &set.sealed_sessions(0, 1)?[0];
     let replicas: Vec<u64> = newest["replicas"]
         .as_array()
         .context("replicas")?
@@ -730,6 +530,6 @@ fn a_node_that_missed_compacted_log_catches_up_from_a_snapshot() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(set.cluster_sessions(down)?.len(), 15);
+    assert_eq!(set.sealed_sessions(down, 15)?.len(), 15);
     Ok(())
 }

@@ -14,14 +14,23 @@ use super::member::Member;
 use super::types::{ClusterSessionState, Command, CommandResponse, DiskState};
 use super::ClusterError;
 use crate::metrics as m;
-use crate::session::{Admission, Claim, ClaimRequest, Refusal};
+use crate::replication::owner::{OwnerStreams, Target};
+use crate::replication::takeover;
+use crate::replication::wire::{OpenCopy, VERSION};
+use crate::replication::SessionReplication;
+use crate::session::{
+    Admission, Claim, ClaimRequest, Refusal, ReplicateRequest, Replicator, TakenOver,
+};
 use crate::storage::index::SessionState;
+use tokio_util::task::TaskTracker;
 
 /// A claim that takes longer than this is refused: the client has other recorders to try.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ClusterAdmission {
     pub member: Arc<Member>,
+    /// Replication senders run here so shutdown can wait for them.
+    pub tracker: TaskTracker,
 }
 
 impl Admission for ClusterAdmission {
@@ -66,9 +75,58 @@ impl Admission for ClusterAdmission {
         })
     }
 
-    fn ended(&self, id: String, epoch: u64, state: SessionState) -> BoxFuture<'_, ()> {
+    fn replicate(&self, request: ReplicateRequest) -> Option<Box<dyn Replicator>> {
+        let members = self.member.members();
+        let targets: Vec<Target> = request
+            .replicas
+            .iter()
+            .filter(|id| **id != self.member.id)
+            .filter_map(|id| {
+                members.get(id).map(|info| Target {
+                    id: *id,
+                    addr: info.cluster_addr.clone(),
+                })
+            })
+            .collect();
+        let set_size = request.replicas.len().max(1);
+        let open = OpenCopy {
+            version: VERSION,
+            session: request.id,
+            epoch: request.epoch,
+            owner: self.member.id,
+            node_dir: request.node_dir,
+            file_name: request.file_name,
+        };
+        let streams = OwnerStreams::start(
+            self.member.transport().clone(),
+            open,
+            request.file,
+            request.written,
+            targets,
+            &self.tracker,
+        );
+        Some(Box::new(SessionReplication { streams, set_size }))
+    }
+
+    fn take_over(&self, id: &str) -> BoxFuture<'_, Result<TakenOver, Refusal>> {
+        let id = id.to_string();
+        Box::pin(async move { takeover::take_over(&self.member, &self.member.copies, &id).await })
+    }
+
+    fn survives_node_loss(&self) -> bool {
+        true
+    }
+
+    fn ended(
+        &self,
+        id: String,
+        epoch: u64,
+        state: SessionState,
+        orphaned: bool,
+    ) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let state = match state {
+                _ if orphaned => ClusterSessionState::Orphaned,
                 SessionState::Complete | SessionState::Invalid => ClusterSessionState::Sealed,
                 SessionState::Aborted | SessionState::Live => ClusterSessionState::Aborted,
             };

@@ -7,7 +7,7 @@
 //! mean ([`super::state`]) nor how admission uses them ([`super::admission`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +21,16 @@ use tokio_util::task::TaskTracker;
 use super::network::{ClusterRequest, ClusterResponse, Network, PeerContacts};
 use super::store::{self, StateReader};
 use super::tls::{TlsConfig, TlsFiles};
-use super::transport::{NoStreamHandler, RpcHandler, Transport};
+use super::transport::{RpcHandler, Transport, TransportError};
 use super::types::{
     Command, CommandResponse, DiskReport, DiskState, NodeId, NodeInfo, SessionEntry, TypeConfig,
 };
 use super::{disk, ClusterError};
 use crate::config::ClusterConfig;
 use crate::metrics as m;
+use crate::replication::copies::Copies;
+use crate::replication::replica::ReplicaStreams;
+use crate::storage::Storage;
 
 /// Longest a proposal may take before the caller hears "no quorum".
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -44,6 +47,8 @@ pub struct Member {
     /// The applied cluster state (sessions, disk reports, settings).
     pub state: StateReader,
     transport: Arc<Transport>,
+    /// This node's copies of recordings owned elsewhere (the replica side of replication).
+    pub copies: Arc<Copies>,
     /// Last successful RPC to each peer: the leader's view of who is up.
     pub contacts: Arc<PeerContacts>,
     /// Last AppendEntries from a leader (a follower's view of whether it has one).
@@ -88,10 +93,11 @@ impl Member {
     pub async fn start(
         config: ClusterConfig,
         statedir: &Path,
-        dst: PathBuf,
+        storage: Storage,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Arc<Member>, ClusterError> {
+        let dst = storage.dst().to_path_buf();
         let tls = TlsConfig::load(&TlsFiles {
             ca_cert: config.ca.clone(),
             node_cert: config.cert.clone(),
@@ -100,6 +106,12 @@ impl Member {
         let transport = Arc::new(Transport::bind(config.listen, tls, config.node_id)?);
         let (log_store, sm_store) = store::open(statedir).await?;
         let state = sm_store.reader();
+        let copies = Copies::new(
+            storage.clone(),
+            state.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        );
         let contacts = Arc::new(PeerContacts::default());
         let network = Network {
             transport: transport.clone(),
@@ -119,6 +131,7 @@ impl Member {
             raft,
             state,
             transport: transport.clone(),
+            copies: copies.clone(),
             contacts,
             leader_contact: Arc::new(PeerContacts::default()),
             config,
@@ -126,11 +139,10 @@ impl Member {
             membership_lock: tokio::sync::Mutex::new(()),
         });
         let handler = RpcServer(member.clone());
+        let streams = ReplicaStreams { copies, storage };
         let serve_cancel = shutdown.clone();
         tracker.spawn(async move {
-            transport
-                .serve(handler, None::<NoStreamHandler>, serve_cancel)
-                .await;
+            transport.serve(handler, Some(streams), serve_cancel).await;
         });
         member.bootstrap().await?;
         tracker.spawn(disk::monitor(member.clone(), dst, shutdown.clone()));
@@ -231,6 +243,21 @@ impl Member {
             ClusterResponse::Propose(Err(reason)) => Err(ClusterError::NoQuorum(reason)),
             _ => Err(ClusterError::Raft("leader answered a different RPC".into())),
         }
+    }
+
+    /// One RPC to a peer over the cluster transport.
+    pub async fn call(
+        &self,
+        node: NodeId,
+        addr: &str,
+        request: &ClusterRequest,
+        timeout: Duration,
+    ) -> Result<ClusterResponse, TransportError> {
+        self.transport.call(node, addr, request, timeout).await
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
     }
 
     /// The leader fills a claim's `up` with the members it heard from recently.
@@ -487,6 +514,23 @@ impl RpcHandler<ClusterRequest, ClusterResponse> for RpcServer {
             ClusterRequest::InstallSnapshot(rpc) => {
                 member.leader_contact.record(from);
                 ClusterResponse::InstallSnapshot(member.raft.install_snapshot(rpc).await)
+            }
+            ClusterRequest::Fence {
+                session,
+                epoch,
+                node_dir,
+                file_name,
+            } => {
+                let fenced = member
+                    .copies
+                    .fence(&session, epoch, &node_dir, &file_name)
+                    .await;
+                ClusterResponse::Fenced(fenced.map_err(|e| e.to_string()))
+            }
+            ClusterRequest::Fetch { session, from, max } => {
+                let max = (max as usize).min(crate::replication::wire::MAX_CHUNK);
+                let read = member.copies.read(&session, from, max).await;
+                ClusterResponse::Fetched(read.map(|b| b.to_vec()).map_err(|e| e.to_string()))
             }
             ClusterRequest::Propose(command) => {
                 if !member.is_leader() {

@@ -30,6 +30,19 @@ pub enum ClusterRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower forwards a command to the leader it knows.
     Propose(Command),
+    /// A new owner fences this node's copy at `epoch` and asks its durable length.
+    Fence {
+        session: String,
+        epoch: u64,
+        node_dir: String,
+        file_name: String,
+    },
+    /// A new owner reads bytes it lacks from this node's copy.
+    Fetch {
+        session: String,
+        from: u64,
+        max: u32,
+    },
 }
 
 /// The answers, one variant per request.
@@ -42,6 +55,9 @@ pub enum ClusterResponse {
     ),
     /// `Err` carries a reason: not the leader any more, rejected, timed out.
     Propose(Result<CommandResponse, String>),
+    /// The copy's durable length, or why it can't be fenced (a newer epoch holds it).
+    Fenced(Result<u64, String>),
+    Fetched(Result<Vec<u8>, String>),
 }
 
 /// When each peer last answered an RPC of ours. Heartbeats make this fresh every
@@ -114,6 +130,8 @@ impl PeerClient {
         Ok(response)
     }
 
+    // The error type is openraft's own signature for these RPCs.
+    #[allow(clippy::result_large_err)]
     fn remote<T, E: std::error::Error>(
         &self,
         answer: Result<T, RaftError<NodeId, E>>,

@@ -40,7 +40,7 @@ pub async fn probe() -> StatusCode {
 
 /// `POST /record`: the v1 protocol.
 pub async fn record_v1(State(app): State<AppState>, peer: Peer, request: Request) -> Response {
-    let session = match admit(&app, peer, "v1").await {
+    let session = match admit(&app, peer, "v1", Extension::default()).await {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -81,10 +81,24 @@ fn summary(outcome: &Outcome) -> serde_json::Value {
 
 /// `POST /v2/record`: the v2 protocol, full duplex over h2c.
 pub async fn record_v2(State(app): State<AppState>, peer: Peer, request: Request) -> Response {
-    let session = match admit(&app, peer, "v2").await {
+    let extension = match Extension::from_headers(request.headers()) {
+        Ok(extension) => extension,
+        Err(reason) => return refusal(StatusCode::BAD_REQUEST, &reason),
+    };
+    let session = match admit(&app, peer, "v2", extension.clone()).await {
         Ok(session) => session,
         Err(response) => return response,
     };
+    let resume_at = session.resume_offset();
+    if let Some(acked) = extension.resume.filter(|acked| *acked > resume_at) {
+        // Never expected: the set holds less than the client was told is durable.
+        tracing::error!(
+            id = session.id(),
+            acked,
+            resume_at,
+            "client acked more than the set holds"
+        );
+    }
     let (frames, frames_rx) = mpsc::channel::<Bytes>(ACK_QUEUE_BOUND);
     let interval = app.sessions.config().ack_interval;
     let body = request.into_body().into_data_stream();
@@ -94,11 +108,64 @@ pub async fn record_v2(State(app): State<AppState>, peer: Peer, request: Request
             .await
             .map(|frame| (Ok::<_, Infallible>(frame), rx))
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, "application/json");
+    if extension.session.is_some() {
+        response = response.header(RESUME_OFFSET_HEADER, resume_at.to_string());
+    }
+    response
         .body(axum::body::Body::from_stream(stream))
         .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+/// Our resumable-session extension (docs/protocol.md): a client-chosen session id, and on
+/// reconnect the client's last acked offset.
+#[derive(Debug, Clone, Default)]
+pub struct Extension {
+    pub session: Option<String>,
+    pub resume: Option<u64>,
+}
+
+pub const SESSION_HEADER: &str = "quorumcast-session";
+pub const RESUME_HEADER: &str = "quorumcast-resume";
+pub const RESUME_OFFSET_HEADER: &str = "quorumcast-resume-offset";
+
+impl Extension {
+    fn from_headers(headers: &http::HeaderMap) -> Result<Extension, String> {
+        let text = |name: &str| -> Result<Option<String>, String> {
+            headers
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .map(str::to_string)
+                        .map_err(|_| format!("{name} is not ASCII"))
+                })
+                .transpose()
+        };
+        let session = text(SESSION_HEADER)?;
+        if let Some(id) = &session {
+            let valid = (1..=64).contains(&id.len())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(format!(
+                    "{SESSION_HEADER} must be 1-64 characters of [A-Za-z0-9._-]"
+                ));
+            }
+        }
+        let resume = text(RESUME_HEADER)?
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{RESUME_HEADER} must be a byte offset"))
+            })
+            .transpose()?;
+        if resume.is_some() && session.is_none() {
+            return Err(format!("{RESUME_HEADER} needs {SESSION_HEADER}"));
+        }
+        Ok(Extension { session, resume })
+    }
 }
 
 /// Runs the session and its ack stream together, then sends the final frames.
@@ -118,7 +185,7 @@ async fn run_v2(
     let (outcome, ()) = tokio::join!(run, acks);
     let mut last = vec![ack_frame(outcome.durable)];
     if let Some(error) = &outcome.error {
-        last.push(error_frame(error));
+        last.push(error_frame(error, outcome.reconnect));
     }
     for frame in last {
         if tokio::time::timeout(FINAL_FRAME_WAIT, frames.send(frame))
@@ -164,14 +231,24 @@ fn ack_frame(offset: u64) -> Bytes {
     Bytes::from(format!("{{\"ack\":{offset}}}\n"))
 }
 
-fn error_frame(message: &str) -> Bytes {
-    let mut frame = serde_json::json!({ "error": message }).to_string();
+fn error_frame(message: &str, reconnect: bool) -> Bytes {
+    let mut frame = if reconnect {
+        serde_json::json!({ "error": message, "reconnect": true })
+    } else {
+        serde_json::json!({ "error": message })
+    }
+    .to_string();
     frame.push('\n');
     Bytes::from(frame)
 }
 
-/// Names the peer and admits a session, or builds the refusal response.
-async fn admit(app: &AppState, peer: Peer, protocol: &str) -> Result<Session, Response> {
+/// Names the peer and admits (or resumes) a session, or builds the refusal response.
+async fn admit(
+    app: &AppState,
+    peer: Peer,
+    protocol: &str,
+    extension: Extension,
+) -> Result<Session, Response> {
     let node_dir = match app.identity.node_dir(peer.0).await {
         Ok(dir) => dir,
         Err(e) => {
@@ -180,10 +257,18 @@ async fn admit(app: &AppState, peer: Peer, protocol: &str) -> Result<Session, Re
             return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
         }
     };
-    app.sessions
-        .open(&node_dir, protocol)
-        .await
-        .map_err(|r: Refusal| refusal(StatusCode::SERVICE_UNAVAILABLE, &r.to_string()))
+    let admitted = match (&extension.session, extension.resume) {
+        (Some(id), Some(_)) => app.sessions.resume(id, &node_dir, protocol).await,
+        (id, _) => app.sessions.open(&node_dir, protocol, id.clone()).await,
+    };
+    admitted.map_err(|r: Refusal| {
+        let status = match r {
+            Refusal::UnknownSession(_) => StatusCode::NOT_FOUND,
+            Refusal::Conflict(_) => StatusCode::CONFLICT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        refusal(status, &r.to_string())
+    })
 }
 
 fn refusal(status: StatusCode, reason: &str) -> Response {
@@ -205,7 +290,7 @@ mod tests {
         let ack: serde_json::Value = serde_json::from_slice(&ack_frame(42)).expect("json");
         assert_eq!(ack["ack"], 42);
         let err: serde_json::Value =
-            serde_json::from_slice(&error_frame("disk \"full\"")).expect("json");
+            serde_json::from_slice(&error_frame("disk \"full\"", false)).expect("json");
         assert_eq!(err["error"], "disk \"full\"");
     }
 

@@ -14,20 +14,20 @@
 
 pub mod pipeline;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::future::BoxFuture;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::asciicast::Limits;
+use crate::asciicast::{Limits, Validator};
 use crate::metrics as m;
 use crate::storage::index::{SessionFilter, SessionRecord, SessionState};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Storage, StorageError, SyncHandle};
 
 pub use self::pipeline::{Outcome, Session};
 
@@ -70,6 +70,10 @@ pub enum Refusal {
     DiskPressure(String),
     #[error("recorder set did not grant the session: {0}")]
     ClaimFailed(String),
+    #[error("unknown session: {0}")]
+    UnknownSession(String),
+    #[error("session can't be taken: {0}")]
+    Conflict(String),
 }
 
 impl Refusal {
@@ -82,6 +86,8 @@ impl Refusal {
             Refusal::NoQuorum(_) => "no_quorum",
             Refusal::DiskPressure(_) => "disk_pressure",
             Refusal::ClaimFailed(_) => "claim_failed",
+            Refusal::UnknownSession(_) => "unknown_session",
+            Refusal::Conflict(_) => "conflict",
         }
     }
 }
@@ -102,14 +108,67 @@ pub struct Claim {
     pub replicas: Vec<u64>,
 }
 
-/// Who may start sessions. A standalone node always may; a recorder-set node asks Raft.
+/// What a session's owner needs to start replicating it.
+pub struct ReplicateRequest {
+    pub id: String,
+    pub epoch: u64,
+    /// Owner first.
+    pub replicas: Vec<u64>,
+    pub node_dir: String,
+    pub file_name: String,
+    /// The owner's recording, read by the senders.
+    pub file: SyncHandle,
+    /// How far the owner has written.
+    pub written: watch::Receiver<u64>,
+}
+
+/// What a takeover granted: the new epoch and where the recording continues.
+#[derive(Debug, Clone)]
+pub struct TakenOver {
+    pub epoch: u64,
+    pub replicas: Vec<u64>,
+    pub node_dir: String,
+    pub file_name: String,
+    pub started_at_ms: i64,
+    /// The longest durable prefix on a majority; the local copy holds exactly that now.
+    pub resume_at: u64,
+}
+
+/// The data plane of one session, as the session layer sees it.
+pub trait Replicator: Send + Sync {
+    /// Replica set size, owner included.
+    fn set_size(&self) -> usize;
+    /// Durable offsets the other replicas reported, by node.
+    fn offsets(&self) -> watch::Receiver<BTreeMap<u64, u64>>;
+    /// Cancelled once another node holds a newer epoch for the session.
+    fn deposed(&self) -> CancellationToken;
+    /// Seals the copies at `len`; returns how many replicas confirmed.
+    fn seal(&self, len: u64, state: SessionState) -> BoxFuture<'_, usize>;
+}
+
+/// Who may start sessions, and who else keeps their bytes. A standalone node decides
+/// alone; a recorder-set node asks Raft and replicates.
 pub trait Admission: Send + Sync + 'static {
     /// Cheap local checks (disk state, known leader) that refuse in microseconds.
     fn check(&self) -> Result<(), Refusal>;
     /// Claims the session for this node; bounded in time by the implementation.
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claim, Refusal>>;
+    /// Starts replicating a claimed session (None: no replicas).
+    fn replicate(&self, request: ReplicateRequest) -> Option<Box<dyn Replicator>>;
+    /// Takes over a live session owned elsewhere (a client resumed here).
+    fn take_over(&self, id: &str) -> BoxFuture<'_, Result<TakenOver, Refusal>>;
     /// Tells the set the session ended (best effort; a later sweep catches misses).
-    fn ended(&self, id: String, epoch: u64, state: SessionState) -> BoxFuture<'_, ()>;
+    /// `orphaned`: sealed by a replica after its owner and client were gone.
+    fn ended(
+        &self,
+        id: String,
+        epoch: u64,
+        state: SessionState,
+        orphaned: bool,
+    ) -> BoxFuture<'_, ()>;
+    /// Whether a session cut short stays live for another node to continue (a recorder
+    /// set) or ends here (a standalone node).
+    fn survives_node_loss(&self) -> bool;
 }
 
 /// A node on its own: every session is its own, epoch 1, no replicas.
@@ -129,8 +188,31 @@ impl Admission for Standalone {
         })
     }
 
-    fn ended(&self, _id: String, _epoch: u64, _state: SessionState) -> BoxFuture<'_, ()> {
+    fn replicate(&self, _request: ReplicateRequest) -> Option<Box<dyn Replicator>> {
+        None
+    }
+
+    fn take_over(&self, id: &str) -> BoxFuture<'_, Result<TakenOver, Refusal>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            Err(Refusal::UnknownSession(format!(
+                "{id} (a standalone recorder can't resume sessions)"
+            )))
+        })
+    }
+
+    fn ended(
+        &self,
+        _id: String,
+        _epoch: u64,
+        _state: SessionState,
+        _orphaned: bool,
+    ) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    fn survives_node_loss(&self) -> bool {
+        false
     }
 }
 
@@ -194,35 +276,69 @@ impl SessionManager {
         self: &Arc<Self>,
         node_dir: &str,
         protocol: &str,
+        client_id: Option<String>,
     ) -> Result<Session, Refusal> {
-        let refused = |r: Refusal| {
-            metrics::counter!(m::REFUSALS, "reason" => r.label()).increment(1);
-            tracing::warn!(reason = %r, node_dir, "refusing session");
-            r
-        };
-        if self.shutdown.is_cancelled() {
-            return Err(refused(Refusal::ShuttingDown));
-        }
+        let permit = self.admit(node_dir)?;
+        let id = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.create(id, node_dir, protocol, permit)
+            .await
+            .map_err(|r| self.refused(r, node_dir))
+    }
+
+    /// Continues session `id` here after its owner was lost: a takeover through the
+    /// recorder set, then a session whose bytes continue at the returned offset.
+    pub async fn resume(
+        self: &Arc<Self>,
+        id: &str,
+        node_dir: &str,
+        protocol: &str,
+    ) -> Result<Session, Refusal> {
+        let permit = self.admit(node_dir)?;
+        self.continue_here(id, protocol, permit, "client_resume")
+            .await
+            .map_err(|r| self.refused(r, node_dir))
+    }
+
+    /// Takes a session over without a client (its owner and client are gone) so that it
+    /// can be sealed: the orphan sweeper's entry point.
+    pub async fn adopt_orphan(self: &Arc<Self>, id: &str) -> Result<Session, Refusal> {
         let permit = self
             .permits
             .clone()
             .try_acquire_owned()
-            .map_err(|_| refused(Refusal::TooManySessions(self.config.max_sessions)))?;
-        self.admission.check().map_err(refused)?;
-        self.create(node_dir, protocol, permit)
-            .await
-            .map_err(refused)
+            .map_err(|_| Refusal::TooManySessions(self.config.max_sessions))?;
+        self.continue_here(id, "orphan", permit, "orphan").await
+    }
+
+    fn refused(&self, r: Refusal, node_dir: &str) -> Refusal {
+        metrics::counter!(m::REFUSALS, "reason" => r.label()).increment(1);
+        tracing::warn!(reason = %r, node_dir, "refusing session");
+        r
+    }
+
+    /// The fast checks every new or resumed session passes first.
+    fn admit(&self, node_dir: &str) -> Result<OwnedSemaphorePermit, Refusal> {
+        if self.shutdown.is_cancelled() {
+            return Err(self.refused(Refusal::ShuttingDown, node_dir));
+        }
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            self.refused(Refusal::TooManySessions(self.config.max_sessions), node_dir)
+        })?;
+        self.admission
+            .check()
+            .map_err(|r| self.refused(r, node_dir))?;
+        Ok(permit)
     }
 
     async fn create(
         self: &Arc<Self>,
+        id: String,
         node_dir: &str,
         protocol: &str,
         permit: OwnedSemaphorePermit,
     ) -> Result<Session, Refusal> {
         let started = Utc::now();
         let recording = self.storage.create_recording(node_dir, started).await?;
-        let id = uuid::Uuid::new_v4().to_string();
         let request = ClaimRequest {
             id: id.clone(),
             node_dir: node_dir.to_string(),
@@ -237,7 +353,7 @@ impl SessionManager {
             }
         };
         let mut record = SessionRecord::new_live(
-            id.clone(),
+            id,
             node_dir.to_string(),
             recording.rel_path().to_string(),
             protocol,
@@ -246,18 +362,108 @@ impl SessionManager {
         record.epoch = claim.epoch;
         record.replicas = claim.replicas;
         self.storage.put_record(record.clone()).await?;
+        Ok(self.start(
+            record,
+            recording,
+            permit,
+            protocol,
+            Validator::new(self.config.limits),
+        ))
+    }
+
+    async fn continue_here(
+        self: &Arc<Self>,
+        id: &str,
+        protocol: &str,
+        permit: OwnedSemaphorePermit,
+        reason: &'static str,
+    ) -> Result<Session, Refusal> {
+        let started = std::time::Instant::now();
+        let granted = self.admission.take_over(id).await?;
+        let recording = self
+            .storage
+            .open_copy(&granted.node_dir, &granted.file_name)
+            .await?;
+        if recording.written() != granted.resume_at {
+            return Err(Refusal::Conflict(format!(
+                "local copy has {} bytes, the set agreed on {}",
+                recording.written(),
+                granted.resume_at
+            )));
+        }
+        let validator = self.revalidate(&recording, granted.resume_at).await?;
+        let mut record = match self.storage.get_record(id).await? {
+            Some(record) => record,
+            None => SessionRecord::new_live(
+                id.to_string(),
+                granted.node_dir.clone(),
+                recording.rel_path().to_string(),
+                protocol,
+            ),
+        };
+        record.state = SessionState::Live;
+        record.ended_at = None;
+        record.problem = None;
+        record.protocol = protocol.to_string();
+        record.epoch = granted.epoch;
+        record.replicas = granted.replicas.clone();
+        record.bytes = granted.resume_at;
+        self.storage.put_record(record.clone()).await?;
+        metrics::counter!(m::TAKEOVERS, "reason" => reason).increment(1);
+        metrics::histogram!(m::TAKEOVER_SECONDS).record(started.elapsed().as_secs_f64());
+        tracing::info!(%id, epoch = granted.epoch, resume_at = granted.resume_at,
+            took_ms = started.elapsed().as_millis() as u64, reason, "took the session over");
+        Ok(self.start(record, recording, permit, protocol, validator))
+    }
+
+    /// Rebuilds the content check's state from the bytes already recorded.
+    async fn revalidate(
+        &self,
+        recording: &crate::storage::RecordingFile,
+        upto: u64,
+    ) -> Result<Validator, Refusal> {
+        let handle = recording.sync_handle();
+        let limits = self.config.limits;
+        let validator = tokio::task::spawn_blocking(move || -> Result<Validator, StorageError> {
+            let mut validator = Validator::new(limits);
+            let mut offset = 0;
+            while offset < upto {
+                let chunk = handle.read_at(offset, ((upto - offset) as usize).min(1024 * 1024))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                offset += chunk.len() as u64;
+                validator.feed(&chunk);
+            }
+            Ok(validator)
+        })
+        .await
+        .map_err(StorageError::from)??;
+        Ok(validator)
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        record: SessionRecord,
+        recording: crate::storage::RecordingFile,
+        permit: OwnedSemaphorePermit,
+        protocol: &str,
+        validator: Validator,
+    ) -> Session {
         let counters = Arc::new(LiveCounters::default());
-        self.lock_live().insert(id, counters.clone());
+        counters
+            .written
+            .store(recording.written(), Ordering::Relaxed);
+        self.lock_live().insert(record.id.clone(), counters.clone());
         metrics::counter!(m::SESSIONS_TOTAL, "protocol" => protocol.to_string()).increment(1);
         metrics::gauge!(m::SESSIONS_LIVE).increment(1.0);
         tracing::info!(id = %record.id, path = %record.path, protocol, "session started");
-        Ok(Session::new(
-            self.clone(),
-            record,
-            recording,
-            counters,
-            permit,
-        ))
+        Session::new(self.clone(), record, recording, counters, permit, validator)
+    }
+
+    /// Whether a session is streaming into this node now.
+    pub fn is_live(&self, id: &str) -> bool {
+        self.lock_live().contains_key(id)
     }
 
     /// Called by a session as it ends, after its final record is stored.

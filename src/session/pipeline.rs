@@ -6,6 +6,7 @@
 //! publishes the durable offset that acks report. The reader never waits for an fsync,
 //! so a slow disk bounds ack delay, not ingest rate.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,11 +20,16 @@ use tokio_util::sync::CancellationToken;
 use super::{LiveCounters, SessionManager};
 use crate::asciicast::{Problem, Progress, Validator};
 use crate::metrics as m;
+use crate::replication::quorum::quorum_offset;
 use crate::storage::index::{SessionRecord, SessionState};
 use crate::storage::{RecordingFile, Storage, StorageError, SyncHandle};
 
 /// Upper bound on one coalesced append: chunks already buffered are merged up to this.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// How long a session that ended cleanly waits for its last bytes to be durable on a
+/// majority before answering its client anyway.
+const FINAL_QUORUM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An admitted recording, ready to [`run`](Session::run).
 pub struct Session {
@@ -33,7 +39,14 @@ pub struct Session {
     recording: RecordingFile,
     counters: Arc<LiveCounters>,
     validator: Validator,
+    /// Durable on a majority of the replica set: what acks report.
     durable_tx: watch::Sender<u64>,
+    /// Appended (page cache): what the syncer and the replication senders follow.
+    written_tx: watch::Sender<u64>,
+    /// Where this connection's bytes start in the recording (0 unless resumed).
+    start: u64,
+    /// Taken over without a client, only to be sealed.
+    orphan: bool,
     /// Held for the session's life: the admission slot.
     _permit: OwnedSemaphorePermit,
 }
@@ -43,10 +56,12 @@ pub struct Session {
 pub struct Outcome {
     /// The final index record (state, bytes, problem).
     pub record: SessionRecord,
-    /// Bytes durable at the end; equals `record.bytes` unless storage failed.
+    /// Bytes durable on a majority at the end.
     pub durable: u64,
     /// A failure the client should be told about (v2 error frame, v1 status).
     pub error: Option<String>,
+    /// The session goes on elsewhere: a resuming client should reconnect to another node.
+    pub reconnect: bool,
 }
 
 /// Why the reader stopped.
@@ -61,6 +76,8 @@ enum End {
     HeaderTimeout,
     /// Appending or syncing failed.
     Storage(String),
+    /// Another node took the session over (a replica holds a newer epoch).
+    Deposed,
 }
 
 impl Session {
@@ -70,21 +87,30 @@ impl Session {
         recording: RecordingFile,
         counters: Arc<LiveCounters>,
         permit: OwnedSemaphorePermit,
+        validator: Validator,
     ) -> Session {
-        let validator = Validator::new(manager.config().limits);
+        let start = recording.written();
         Session {
             manager,
+            orphan: record.protocol == "orphan",
             record,
             recording,
             counters,
             validator,
-            durable_tx: watch::Sender::new(0),
+            durable_tx: watch::Sender::new(start),
+            written_tx: watch::Sender::new(start),
+            start,
             _permit: permit,
         }
     }
 
     pub fn id(&self) -> &str {
         &self.record.id
+    }
+
+    /// The byte of the recording this connection's body starts at.
+    pub fn resume_offset(&self) -> u64 {
+        self.start
     }
 
     /// The durable offset as it advances; what v2 acks report.
@@ -98,30 +124,59 @@ impl Session {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let (written_tx, written_rx) = watch::channel(0u64);
+        let replicator = self.start_replication();
+        let (local_tx, local_rx) = watch::channel(self.start);
         let sync_failed = CancellationToken::new();
+        let reading_done = CancellationToken::new();
         let syncer = sync_loop(
             self.manager.storage().clone(),
             self.recording.sync_handle(),
-            written_rx,
+            self.written_tx.subscribe(),
+            local_tx,
+            self.start,
+            (sync_failed.clone(), reading_done.clone()),
+        );
+        let combiner = tokio::spawn(combine(
+            local_rx,
+            replicator.as_ref().map(|r| (r.offsets(), r.set_size())),
             self.durable_tx.clone(),
             self.counters.clone(),
-            sync_failed.clone(),
-        );
-        let reader = self.read_loop(body, written_tx, &sync_failed);
+        ));
+        let deposed = replicator.as_ref().map(|r| r.deposed()).unwrap_or_default();
+        let reader = async {
+            let end = self.read_loop(body, &sync_failed, &deposed).await;
+            reading_done.cancel();
+            end
+        };
         let (end, synced) = tokio::join!(reader, syncer);
         let end = match synced {
             Err(e) => End::Storage(e.to_string()),
             Ok(()) => end,
         };
-        self.finish(end).await
+        let outcome = self.finish(end, replicator.as_deref()).await;
+        combiner.abort();
+        outcome
+    }
+
+    /// Starts the data plane for this session, if the node is part of a recorder set.
+    fn start_replication(&self) -> Option<Box<dyn super::Replicator>> {
+        let request = super::ReplicateRequest {
+            id: self.record.id.clone(),
+            epoch: self.record.epoch,
+            replicas: self.record.replicas.clone(),
+            node_dir: self.record.node_dir.clone(),
+            file_name: self.recording.file_name().to_string(),
+            file: self.recording.sync_handle(),
+            written: self.written_tx.subscribe(),
+        };
+        self.manager.admission().replicate(request)
     }
 
     async fn read_loop<S, E>(
         &mut self,
         mut body: S,
-        written: watch::Sender<u64>,
         sync_failed: &CancellationToken,
+        deposed: &CancellationToken,
     ) -> End
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -135,6 +190,7 @@ impl Session {
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
+                _ = deposed.cancelled() => return End::Deposed,
                 _ = sync_failed.cancelled() => return End::Storage("sync failed".into()),
                 _ = &mut header_deadline, if waiting_for_header => return End::HeaderTimeout,
                 next = body.next() => next,
@@ -145,7 +201,10 @@ impl Session {
                 Some(Ok(bytes)) => bytes,
             };
             let (batch, tail) = coalesce(first, &mut body);
-            if let Err(e) = self.ingest(batch, &written).await {
+            if deposed.is_cancelled() {
+                return End::Deposed;
+            }
+            if let Err(e) = self.ingest(batch).await {
                 return End::Storage(e.to_string());
             }
             if let Some(end) = tail {
@@ -154,18 +213,14 @@ impl Session {
         }
     }
 
-    /// Checks and appends one batch, then tells the syncer how far we wrote.
-    async fn ingest(
-        &mut self,
-        batch: Bytes,
-        written: &watch::Sender<u64>,
-    ) -> Result<(), StorageError> {
+    /// Checks and appends one batch, then tells the syncer and the senders how far we wrote.
+    async fn ingest(&mut self, batch: Bytes) -> Result<(), StorageError> {
         let progress = self.validator.feed(&batch);
         let len = batch.len() as u64;
         self.recording.append(batch).await?;
         let total = self.recording.written();
         self.counters.written.store(total, Ordering::Relaxed);
-        written.send_replace(total);
+        self.written_tx.send_replace(total);
         metrics::counter!(m::BYTES_IN).increment(len);
         self.on_progress(progress).await;
         Ok(())
@@ -186,14 +241,74 @@ impl Session {
         }
     }
 
-    /// Decides the final state, stores the record, and leaves the live set.
-    async fn finish(mut self, end: End) -> Outcome {
-        // Only a clean end lets the validator judge the tail; a cut stream is the
-        // stream's problem, reported as such below.
+    /// Decides the final state, seals where the session really ended, stores the record,
+    /// and leaves the live set.
+    async fn finish(mut self, end: End, replicator: Option<&dyn super::Replicator>) -> Outcome {
+        let survives = self.manager.admission().survives_node_loss();
+        let verdict = self.verdict(end, survives);
+        if let Some(problem) = &verdict.problem {
+            tracing::debug!(id = %self.record.id, reason = %problem.reason, "session ends with a problem");
+        }
+        if self.validator.problem().is_some() {
+            metrics::counter!(m::INVALID_RECORDINGS).increment(1);
+        }
+        let len = self.recording.written();
+        if verdict.seal {
+            self.await_quorum(len).await;
+            if let Some(replicator) = replicator {
+                replicator.seal(len, verdict.state).await;
+            }
+        }
+        self.record.state = verdict.state;
+        self.record.problem = verdict.problem;
+        self.record.bytes = len;
+        self.record.ended_at = Some(Utc::now());
+        if let Err(e) = self.manager.storage().put_record(self.record.clone()).await {
+            tracing::error!(id = %self.record.id, error = %e, "cannot store the final session record");
+        }
+        self.manager.forget(&self.record.id);
+        if verdict.seal {
+            let admission = self.manager.admission().clone();
+            admission
+                .ended(
+                    self.record.id.clone(),
+                    self.record.epoch,
+                    verdict.state,
+                    self.orphan,
+                )
+                .await;
+        }
+        let state = verdict.state;
+        metrics::counter!(m::SESSIONS_ENDED, "state" => state.as_str()).increment(1);
+        tracing::info!(id = %self.record.id, state = state.as_str(), bytes = self.record.bytes,
+            sealed = verdict.seal, problem = ?self.record.problem, "session ended here");
+        Outcome {
+            durable: *self.durable_tx.borrow(),
+            record: self.record,
+            error: verdict.error,
+            reconnect: verdict.reconnect,
+        }
+    }
+
+    /// Waits (bounded) until everything written is durable on a majority.
+    async fn await_quorum(&self, len: u64) {
+        let mut durable = self.durable_tx.subscribe();
+        let reached =
+            tokio::time::timeout(FINAL_QUORUM_WAIT, durable.wait_for(|d| *d >= len)).await;
+        if reached.is_err() {
+            tracing::warn!(id = %self.record.id, len, durable = *self.durable_tx.borrow(),
+                "final bytes not durable on a majority in time");
+        }
+    }
+
+    /// The end state for `end`. In a recorder set only a clean end (or a content failure
+    /// such as a missing header) seals the recording; a cut stream leaves the session live
+    /// for the client to resume elsewhere, or for the orphan sweeper to seal.
+    fn verdict(&mut self, end: End, survives: bool) -> Verdict {
         if matches!(end, End::Eof) {
             self.validator.finish(true);
         }
-        let content_problem = self.validator.problem().cloned();
+        let content = self.validator.problem().cloned();
         let line = self.validator.lines() + 1;
         let mid_line = if self.validator.mid_line() {
             " mid-line"
@@ -201,55 +316,129 @@ impl Session {
             ""
         };
         let timeout = self.manager.config().header_timeout.as_secs_f64();
-        let (state, stream_problem, error) = match end {
-            End::Eof if content_problem.is_some() => (SessionState::Invalid, None, None),
-            End::Eof => (SessionState::Complete, None, None),
+        let at = |reason: String| Some(Problem { line, reason });
+        let continued = if survives {
+            "; the session stays live in the recorder set"
+        } else {
+            ""
+        };
+        match end {
+            End::Eof if self.orphan => Verdict::sealed(
+                SessionState::Aborted,
+                at(format!(
+                    "owner and client gone; sealed at {} bytes",
+                    self.recording.written()
+                )),
+            ),
+            End::Eof if content.is_some() => Verdict::sealed(SessionState::Invalid, content),
+            End::Eof => Verdict::sealed(SessionState::Complete, None),
             End::HeaderTimeout => {
                 let reason = format!("no complete header line within {timeout} s");
-                (SessionState::Invalid, Some(reason.clone()), Some(reason))
+                let mut verdict = Verdict::sealed(SessionState::Invalid, at(reason.clone()));
+                verdict.error = Some(reason);
+                verdict
             }
-            End::ClientGone(e) => (
-                SessionState::Aborted,
-                Some(format!("client disconnected{mid_line}: {e}")),
+            End::ClientGone(e) => Verdict::cut(
+                survives,
+                content.or(at(format!("client disconnected{mid_line}: {e}{continued}"))),
                 None,
             ),
             End::Shutdown => {
                 let reason = "recorder shut down during the session".to_string();
-                (SessionState::Aborted, Some(reason.clone()), Some(reason))
+                Verdict::cut(
+                    survives,
+                    content.or(at(format!("{reason}{continued}"))),
+                    Some(reason),
+                )
             }
             End::Storage(e) => {
                 let reason = format!("storage failed: {e}");
-                (SessionState::Aborted, Some(reason.clone()), Some(reason))
+                Verdict::cut(
+                    survives,
+                    content.or(at(format!("{reason}{continued}"))),
+                    Some(reason),
+                )
+            }
+            End::Deposed => {
+                let reason = "another node took the session over".to_string();
+                Verdict::cut(true, at(reason.clone()), Some(reason))
+            }
+        }
+    }
+}
+
+/// The end of a session on this node.
+struct Verdict {
+    state: SessionState,
+    problem: Option<Problem>,
+    /// The recording is over: make it durable on a majority, seal the copies, tell Raft.
+    seal: bool,
+    error: Option<String>,
+    reconnect: bool,
+}
+
+impl Verdict {
+    fn sealed(state: SessionState, problem: Option<Problem>) -> Verdict {
+        Verdict {
+            state,
+            problem,
+            seal: true,
+            error: None,
+            reconnect: false,
+        }
+    }
+
+    /// Cut short: sealed here on a standalone node, left live in a recorder set.
+    fn cut(survives: bool, problem: Option<Problem>, error: Option<String>) -> Verdict {
+        Verdict {
+            state: SessionState::Aborted,
+            problem,
+            seal: !survives,
+            reconnect: survives && error.is_some(),
+            error,
+        }
+    }
+}
+
+/// Publishes the majority-durable offset from this node's and the replicas' offsets.
+async fn combine(
+    mut local: watch::Receiver<u64>,
+    replicas: Option<(watch::Receiver<BTreeMap<u64, u64>>, usize)>,
+    durable: watch::Sender<u64>,
+    counters: Arc<LiveCounters>,
+) {
+    let (mut others, set_size) = match replicas {
+        Some((others, size)) => (Some(others), size),
+        None => (None, 1),
+    };
+    let mut local_open = true;
+    loop {
+        let own = *local.borrow_and_update();
+        let quorum = match others.as_mut() {
+            None => own,
+            Some(o) => {
+                let offsets: Vec<u64> = o.borrow_and_update().values().copied().collect();
+                quorum_offset(own, &offsets, set_size)
             }
         };
-        // The cause of an early end comes first; otherwise the first content problem.
-        let stream_problem = stream_problem.map(|reason| Problem { line, reason });
-        let problem = match state {
-            SessionState::Invalid if stream_problem.is_some() => stream_problem,
-            _ => content_problem.clone().or(stream_problem),
+        durable.send_if_modified(|d| {
+            let advanced = quorum > *d;
+            *d = (*d).max(quorum);
+            advanced
+        });
+        counters.durable.store(*durable.borrow(), Ordering::Relaxed);
+        let others_changed = async {
+            match others.as_mut() {
+                Some(o) => o.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
         };
-        if content_problem.is_some() {
-            metrics::counter!(m::INVALID_RECORDINGS).increment(1);
+        tokio::select! {
+            changed = local.changed(), if local_open => local_open = changed.is_ok(),
+            open = others_changed => if !open { others = None },
         }
-        self.record.state = state;
-        self.record.problem = problem;
-        self.record.bytes = self.recording.written();
-        self.record.ended_at = Some(Utc::now());
-        if let Err(e) = self.manager.storage().put_record(self.record.clone()).await {
-            tracing::error!(id = %self.record.id, error = %e, "cannot store the final session record");
-        }
-        self.manager.forget(&self.record.id);
-        let admission = self.manager.admission().clone();
-        admission
-            .ended(self.record.id.clone(), self.record.epoch, state)
-            .await;
-        metrics::counter!(m::SESSIONS_ENDED, "state" => state.as_str()).increment(1);
-        tracing::info!(id = %self.record.id, state = state.as_str(), bytes = self.record.bytes,
-            problem = ?self.record.problem, "session ended");
-        Outcome {
-            durable: *self.durable_tx.borrow(),
-            record: self.record,
-            error,
+        if !local_open && others.is_none() {
+            return;
         }
     }
 }
@@ -286,16 +475,16 @@ where
     (merged.map(BytesMut::freeze).unwrap_or(first), tail)
 }
 
-/// Publishes the durable offset: syncs whenever the written offset moved past it.
+/// Publishes this node's durable offset: syncs whenever the written offset moved past it.
 async fn sync_loop(
     storage: Storage,
     handle: SyncHandle,
     mut written: watch::Receiver<u64>,
     durable: watch::Sender<u64>,
-    counters: Arc<LiveCounters>,
-    failed: CancellationToken,
+    already_durable: u64,
+    (failed, reading_done): (CancellationToken, CancellationToken),
 ) -> Result<(), StorageError> {
-    let mut synced = 0u64;
+    let mut synced = already_durable;
     loop {
         let target = *written.borrow_and_update();
         if target > synced {
@@ -304,16 +493,16 @@ async fn sync_loop(
                 return Err(e);
             }
             synced = target;
-            counters.durable.store(synced, Ordering::Relaxed);
             durable.send_replace(synced);
             continue;
         }
-        if written.changed().await.is_err() {
-            // The reader is done; one last sync if it wrote after our last look.
-            if *written.borrow() > synced {
-                continue;
-            }
+        if reading_done.is_cancelled() {
+            // The reader is done and everything it wrote is synced.
             return Ok(());
+        }
+        tokio::select! {
+            changed = written.changed() => if changed.is_err() { return Ok(()) },
+            _ = reading_done.cancelled() => {}
         }
     }
 }
@@ -342,7 +531,7 @@ mod tests {
     async fn complete_session_stores_every_byte_and_acks_all() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mgr = manager(dir.path(), SessionConfig::default());
-        let session = mgr.open("node-a", "v2").await.expect("open");
+        let session = mgr.open("node-a", "v2", None).await.expect("open");
         let body = stream_of(vec![
             b"{\"version\":2,\"width\":80,",
             b"\"height\":24}\n[0.1,\"o\",\"hi\"]\n",
@@ -363,7 +552,7 @@ mod tests {
     async fn invalid_content_is_kept_and_marked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mgr = manager(dir.path(), SessionConfig::default());
-        let session = mgr.open("node-a", "v1").await.expect("open");
+        let session = mgr.open("node-a", "v1", None).await.expect("open");
         let outcome = session
             .run(stream_of(vec![b"garbage\n", b"\xff\xfe more"]))
             .await;
@@ -376,7 +565,7 @@ mod tests {
     async fn client_gone_mid_line_is_aborted_with_bytes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mgr = manager(dir.path(), SessionConfig::default());
-        let session = mgr.open("n", "v2").await.expect("open");
+        let session = mgr.open("n", "v2", None).await.expect("open");
         let sent: &[u8] = b"{\"version\":2,\"width\":80,\"height\":24}\n[0.1,\"o\",\"h";
         let body = futures_util::stream::iter(vec![
             Ok(Bytes::from_static(sent)),
@@ -398,7 +587,7 @@ mod tests {
             ..SessionConfig::default()
         };
         let mgr = manager(dir.path(), config);
-        let session = mgr.open("n", "v2").await.expect("open");
+        let session = mgr.open("n", "v2", None).await.expect("open");
         let body = stream_of(vec![b"{\"version\""]).chain(futures_util::stream::pending());
         let outcome = session.run(Box::pin(body)).await;
         assert_eq!(outcome.record.state, SessionState::Invalid);
@@ -414,8 +603,8 @@ mod tests {
             ..SessionConfig::default()
         };
         let mgr = manager(dir.path(), config);
-        let _first = mgr.open("n", "v2").await.expect("open");
-        let second = mgr.open("n", "v2").await;
+        let _first = mgr.open("n", "v2", None).await.expect("open");
+        let second = mgr.open("n", "v2", None).await;
         assert!(matches!(
             second,
             Err(crate::session::Refusal::TooManySessions(1))

@@ -45,6 +45,21 @@ pub fn sanitize_component(name: &str) -> String {
     out
 }
 
+/// Like [`sanitize_component`] but keeps `:`, which our own recording names contain
+/// (RFC 3339 times), for file names that come back from peers.
+pub fn sanitize_file_name(name: &str) -> String {
+    let safe: String = name
+        .split(':')
+        .map(sanitize_component)
+        .collect::<Vec<_>>()
+        .join(":");
+    if safe.len() > MAX_COMPONENT_BYTES * 2 {
+        sanitize_component(name)
+    } else {
+        safe
+    }
+}
+
 /// The base name of a recording started at `at`: RFC 3339 in UTC, seconds precision.
 pub fn recording_stem(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -61,7 +76,12 @@ pub fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(PathBuf, 
             format!("{stem}-{n}.{ext}")
         };
         let path = dir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(file) => {
                 sync_dir(dir)?;
                 return Ok((path, file));
@@ -123,6 +143,19 @@ mod tests {
         assert_eq!(sanitize_component("nguedK2CNTRL"), "nguedK2CNTRL");
         assert_eq!(sanitize_component("::1"), "__1");
         assert_eq!(sanitize_component("100.64.0.1"), "100.64.0.1");
+    }
+
+    #[test]
+    fn peer_file_names_keep_colons_but_nothing_else() {
+        assert_eq!(
+            sanitize_file_name("2026-11-25T15:58:29Z.cast"),
+            "2026-11-25T15:58:29Z.cast"
+        );
+        let evil = sanitize_file_name("../../x:/etc/passwd");
+        assert!(
+            !evil.contains('/') && !evil.split(':').any(|p| p == ".." || p == "."),
+            "{evil}"
+        );
     }
 
     #[test]

@@ -83,6 +83,14 @@ impl RecordingFile {
         self.written
     }
 
+    /// Another writer (this node's own session, before a takeover) may have grown the
+    /// file: take its length from the file system if that is larger. Blocking.
+    pub fn refresh_len(&mut self) -> Result<u64, StorageError> {
+        let len = self.file.metadata().map_err(io_at(&self.path))?.len();
+        self.written = self.written.max(len);
+        Ok(self.written)
+    }
+
     pub fn rel_path(&self) -> &str {
         &self.rel_path
     }
@@ -101,11 +109,33 @@ impl RecordingFile {
     }
 }
 
-/// A recording as the commit thread sees it: something to fsync.
+/// A recording as the commit thread and readers see it: something to fsync and read.
 #[derive(Clone)]
 pub struct SyncHandle {
     file: Arc<File>,
     path: PathBuf,
+}
+
+impl SyncHandle {
+    /// Reads up to `max` bytes at `offset` (fewer at the end of the file). Blocking: call
+    /// from the blocking pool.
+    pub fn read_at(&self, offset: u64, max: usize) -> Result<Vec<u8>, StorageError> {
+        let mut buf = vec![0u8; max];
+        let mut filled = 0;
+        while filled < max {
+            match self
+                .file
+                .read_at(&mut buf[filled..], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_at(&self.path)(e)),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
 }
 
 impl Storage {
@@ -124,6 +154,47 @@ impl Storage {
 
     pub fn dst(&self) -> &Path {
         &self.dst
+    }
+
+    /// Opens (creating if needed) the copy of a recording that another node owns, at the
+    /// same relative path as on the owner. Names come from a peer: both are sanitized.
+    /// Appends continue at the current end of the file.
+    pub async fn open_copy(
+        &self,
+        node_dir: &str,
+        file_name: &str,
+    ) -> Result<RecordingFile, StorageError> {
+        let node_dir = layout::sanitize_component(node_dir);
+        let name = layout::sanitize_file_name(file_name);
+        let dir = self.dst.join(&node_dir);
+        let path = dir.join(&name);
+        let rel_path = format!("{node_dir}/{name}");
+        let (file, len) = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || -> Result<(File, u64), StorageError> {
+                std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+                let existed = path.exists();
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(io_at(&path))?;
+                if !existed {
+                    layout::sync_dir(&dir).map_err(io_at(&dir))?;
+                }
+                let len = file.metadata().map_err(io_at(&path))?.len();
+                Ok((file, len))
+            }
+        })
+        .await??;
+        Ok(RecordingFile {
+            file: Arc::new(file),
+            path,
+            rel_path,
+            written: len,
+        })
     }
 
     /// Creates a new, empty recording for `node_dir` (already sanitized).
@@ -196,6 +267,12 @@ impl Storage {
             Ok(format!("{node_dir}/events/{name}"))
         })
         .await?
+    }
+
+    pub async fn get_record(&self, id: &str) -> Result<Option<SessionRecord>, StorageError> {
+        let index = self.index.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || index.get(&id)).await?
     }
 
     pub async fn put_record(&self, record: SessionRecord) -> Result<(), StorageError> {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+pub mod set;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_quorumcast");
 
 pub fn samples() -> PathBuf {
@@ -192,7 +194,19 @@ impl H2Upload {
     }
 
     pub fn to(addr: &str) -> Result<H2Upload> {
+        H2Upload::with_headers(addr, &[]).map(|(upload, _)| upload)
+    }
+
+    /// With extra request headers (our resumable extension); also returns the response headers.
+    pub fn with_headers(
+        addr: &str,
+        headers: &[(&str, String)],
+    ) -> Result<(H2Upload, http::HeaderMap)> {
         use http_body_util::BodyExt;
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -210,9 +224,12 @@ impl H2Upload {
             .await?;
             tokio::spawn(connection);
             let body = http_body_util::StreamBody::new(Box::pin(tokio_stream_from(body_rx)));
-            let request = http::Request::post(format!("http://{addr}/v2/record")).body(body)?;
-            let response = sender.send_request(request).await?;
-            let _ = ready_tx.send(response.status().as_u16());
+            let mut request = http::Request::post(format!("http://{addr}/v2/record"));
+            for (name, value) in &headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let response = sender.send_request(request.body(body)?).await?;
+            let _ = ready_tx.send((response.status().as_u16(), response.headers().clone()));
             let mut body = response.into_body();
             let mut pending = Vec::new();
             while let Some(frame) = body.frame().await {
@@ -227,19 +244,27 @@ impl H2Upload {
             }
             Ok(())
         });
-        let status = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .context("no response headers")?;
+        let (status, response_headers) = match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(answer) => answer,
+            Err(_) => {
+                let failure = runtime
+                    .block_on(task)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r);
+                bail!("no response headers: {failure:?}");
+            }
+        };
         if status != 200 {
             bail!("upload refused with status {status}");
         }
-        Ok(H2Upload {
+        let upload = H2Upload {
             runtime,
             body: Some(body_tx),
             lines,
             sent: Vec::new(),
             task: Some(task),
-        })
+        };
+        Ok((upload, response_headers))
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {

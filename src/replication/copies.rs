@@ -1,0 +1,372 @@
+//! The replica side: this node's copies of recordings owned by other nodes.
+//!
+//! Owns, per session, the copy file, its fence (the highest epoch seen), its written and
+//! durable offsets, and the last time its owner was heard from. Appends are serialized per
+//! copy behind one lock that also guards the fence, so a write checked against epoch e can
+//! never land after a takeover raised the fence above e. The fence is the maximum of what
+//! this process has seen and the epoch in the applied Raft state, which is durable: a
+//! restarted replica is fenced again by the log as soon as it has caught up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::wire::OpenCopy;
+use crate::cluster::store::StateReader;
+use crate::metrics as m;
+use crate::storage::index::{SessionRecord, SessionState};
+use crate::storage::{RecordingFile, Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("stale epoch {epoch}: this copy is fenced at {fence}")]
+    Stale { epoch: u64, fence: u64 },
+    #[error("gap: write at {offset} but the copy ends at {len}")]
+    Gap { offset: u64, len: u64 },
+    #[error("no copy of session {0} here")]
+    Unknown(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// All copies on this node.
+pub struct Copies {
+    storage: Storage,
+    state: StateReader,
+    copies: Mutex<HashMap<String, Arc<Copy>>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// One session's copy.
+pub struct Copy {
+    pub session: String,
+    inner: tokio::sync::Mutex<CopyInner>,
+    written: watch::Sender<u64>,
+    durable: watch::Sender<u64>,
+    /// When the owner last sent a frame (data or ping), for orphan detection.
+    last_owner_contact: Mutex<Instant>,
+    /// Cancelled when the copy is forgotten: ends its sync loop.
+    closed: CancellationToken,
+}
+
+struct CopyInner {
+    file: RecordingFile,
+    /// Highest epoch seen on this node for the session.
+    fence: u64,
+    /// This node's index record of its copy.
+    record: SessionRecord,
+}
+
+impl Copies {
+    pub fn new(
+        storage: Storage,
+        state: StateReader,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Arc<Copies> {
+        Arc::new(Copies {
+            storage,
+            state,
+            copies: Mutex::new(HashMap::new()),
+            shutdown,
+            tracker,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Copy>>> {
+        self.copies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, session: &str) -> Option<Arc<Copy>> {
+        self.lock().get(session).cloned()
+    }
+
+    /// The epoch the applied Raft state gives the session (0 if unknown).
+    fn raft_epoch(&self, session: &str) -> u64 {
+        self.state
+            .read(|s| s.session(session).map(|e| e.epoch).unwrap_or(0))
+    }
+
+    /// The fence this node holds for `session`.
+    pub async fn fence_of(&self, session: &str) -> u64 {
+        let local = match self.get(session) {
+            Some(copy) => copy.inner.lock().await.fence,
+            None => 0,
+        };
+        local.max(self.raft_epoch(session))
+    }
+
+    /// Opens the copy for a stream from its owner, raising the fence to `open.epoch`.
+    pub async fn open(self: &Arc<Self>, open: &OpenCopy) -> Result<Arc<Copy>, CopyError> {
+        let copy = self
+            .get_or_create(&open.session, &open.node_dir, &open.file_name, open.epoch)
+            .await?;
+        copy.raise_fence(open.epoch, self.raft_epoch(&open.session))
+            .await?;
+        copy.touch();
+        Ok(copy)
+    }
+
+    /// A takeover fences this copy at `epoch` and learns its durable length.
+    pub async fn fence(
+        self: &Arc<Self>,
+        session: &str,
+        epoch: u64,
+        node_dir: &str,
+        file_name: &str,
+    ) -> Result<u64, CopyError> {
+        let copy = self
+            .get_or_create(session, node_dir, file_name, epoch)
+            .await?;
+        copy.raise_fence(epoch, self.raft_epoch(session)).await?;
+        copy.sync_now(&self.storage).await
+    }
+
+    /// Bytes of a copy, for a new owner that lacks them.
+    pub async fn read(&self, session: &str, from: u64, max: usize) -> Result<Bytes, CopyError> {
+        let copy = self
+            .get(session)
+            .ok_or_else(|| CopyError::Unknown(session.to_string()))?;
+        let handle = copy.inner.lock().await.file.sync_handle();
+        let bytes = tokio::task::spawn_blocking(move || handle.read_at(from, max))
+            .await
+            .map_err(StorageError::from)??;
+        Ok(Bytes::from(bytes))
+    }
+
+    async fn get_or_create(
+        self: &Arc<Self>,
+        session: &str,
+        node_dir: &str,
+        file_name: &str,
+        epoch: u64,
+    ) -> Result<Arc<Copy>, CopyError> {
+        if let Some(copy) = self.get(session) {
+            return Ok(copy);
+        }
+        let file = self.storage.open_copy(node_dir, file_name).await?;
+        let record = self.local_record(session, &file, epoch).await?;
+        let len = file.written();
+        let copy = Arc::new(Copy {
+            session: session.to_string(),
+            inner: tokio::sync::Mutex::new(CopyInner {
+                file,
+                fence: 0,
+                record,
+            }),
+            written: watch::Sender::new(len),
+            durable: watch::Sender::new(0),
+            last_owner_contact: Mutex::new(Instant::now()),
+            closed: CancellationToken::new(),
+        });
+        let winner = {
+            let mut copies = self.lock();
+            copies
+                .entry(session.to_string())
+                .or_insert_with(|| copy.clone())
+                .clone()
+        };
+        if Arc::ptr_eq(&winner, &copy) {
+            self.tracker.spawn(sync_loop(
+                copy.clone(),
+                self.storage.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+        Ok(winner)
+    }
+
+    /// The index record for a copy: the existing one (this node may have owned the session
+    /// before), back to live, or a new one.
+    async fn local_record(
+        &self,
+        session: &str,
+        file: &RecordingFile,
+        epoch: u64,
+    ) -> Result<SessionRecord, CopyError> {
+        let mut record = match self.storage.get_record(session).await? {
+            Some(record) => record,
+            None => {
+                let node_dir = file
+                    .rel_path()
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                SessionRecord::new_live(
+                    session.to_string(),
+                    node_dir,
+                    file.rel_path().to_string(),
+                    "replica",
+                )
+            }
+        };
+        record.state = SessionState::Live;
+        record.ended_at = None;
+        record.epoch = record.epoch.max(epoch);
+        record.bytes = file.written();
+        self.storage.put_record(record.clone()).await?;
+        Ok(record)
+    }
+
+    /// Copies whose owner has been silent for longer than `silence`.
+    pub fn silent_copies(&self, silence: Duration) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|c| c.since_owner_contact() > silence)
+            .map(|c| c.session.clone())
+            .collect()
+    }
+
+    /// Forgets a sealed copy (its record and file stay).
+    pub fn forget(&self, session: &str) {
+        if let Some(copy) = self.lock().remove(session) {
+            copy.closed.cancel();
+        }
+    }
+}
+
+impl Copy {
+    pub fn touch(&self) {
+        *self
+            .last_owner_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn since_owner_contact(&self) -> Duration {
+        self.last_owner_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    pub fn written_now(&self) -> u64 {
+        *self.written.borrow()
+    }
+
+    async fn raise_fence(&self, epoch: u64, raft_epoch: u64) -> Result<(), CopyError> {
+        let mut inner = self.inner.lock().await;
+        let fence = inner.fence.max(raft_epoch);
+        if epoch < fence {
+            metrics::counter!(m::STALE_WRITES_REFUSED).increment(1);
+            return Err(CopyError::Stale { epoch, fence });
+        }
+        inner.fence = epoch;
+        Ok(())
+    }
+
+    /// Appends bytes at `offset` for a writer at `epoch`; returns the copy's new length.
+    pub async fn append(&self, epoch: u64, offset: u64, bytes: Bytes) -> Result<u64, CopyError> {
+        let mut inner = self.inner.lock().await;
+        if epoch < inner.fence {
+            metrics::counter!(m::STALE_WRITES_REFUSED).increment(1);
+            return Err(CopyError::Stale {
+                epoch,
+                fence: inner.fence,
+            });
+        }
+        let mut len = inner.file.written();
+        if offset > len {
+            len = inner.file.refresh_len()?;
+        }
+        if offset > len {
+            return Err(CopyError::Gap { offset, len });
+        }
+        // Same offset, same byte: the overlap is already here.
+        let skip = (len - offset).min(bytes.len() as u64) as usize;
+        if skip < bytes.len() {
+            inner.file.append(bytes.slice(skip..)).await?;
+        }
+        let len = inner.file.written();
+        self.written.send_replace(len);
+        Ok(len)
+    }
+
+    /// Syncs now and returns the durable length (used when fencing). The length comes
+    /// from the file itself, which this node may also have written as the session's owner.
+    async fn sync_now(&self, storage: &Storage) -> Result<u64, CopyError> {
+        let (handle, len) = {
+            let mut inner = self.inner.lock().await;
+            let len = inner.file.refresh_len()?;
+            (inner.file.sync_handle(), len)
+        };
+        self.written.send_if_modified(|w| {
+            let grew = len > *w;
+            *w = (*w).max(len);
+            grew
+        });
+        storage.sync(&handle).await?;
+        self.durable.send_if_modified(|d| {
+            let advanced = len > *d;
+            *d = (*d).max(len);
+            advanced
+        });
+        Ok(len)
+    }
+
+    /// Waits until `len` bytes are durable, then marks the copy's record with the
+    /// recording's final state.
+    pub async fn seal(
+        &self,
+        storage: &Storage,
+        epoch: u64,
+        len: u64,
+        state: SessionState,
+    ) -> Result<(), CopyError> {
+        let mut durable = self.durable.subscribe();
+        let have = self.written_now();
+        if have < len {
+            return Err(CopyError::Gap {
+                offset: len,
+                len: have,
+            });
+        }
+        self.sync_now(storage).await?;
+        let _ = durable.wait_for(|d| *d >= len).await;
+        let mut inner = self.inner.lock().await;
+        if epoch < inner.fence {
+            return Err(CopyError::Stale {
+                epoch,
+                fence: inner.fence,
+            });
+        }
+        inner.record.state = state;
+        inner.record.bytes = inner.file.written();
+        inner.record.ended_at = Some(Utc::now());
+        inner.record.epoch = epoch;
+        storage.put_record(inner.record.clone()).await?;
+        Ok(())
+    }
+}
+
+/// Publishes a copy's durable offset: fsyncs (group commit) whenever it grew.
+async fn sync_loop(copy: Arc<Copy>, storage: Storage, shutdown: CancellationToken) {
+    let mut written = copy.written.subscribe();
+    loop {
+        let target = *written.borrow_and_update();
+        if target > *copy.durable.borrow() {
+            if let Err(e) = copy.sync_now(&storage).await {
+                tracing::error!(session = %copy.session, error = %e, "cannot sync a replica copy");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = copy.closed.cancelled() => return,
+            changed = written.changed() => if changed.is_err() { return },
+        }
+    }
+}

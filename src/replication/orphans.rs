@@ -1,0 +1,100 @@
+//! The orphan sweeper: nothing stays live forever.
+//!
+//! A live session whose owner is silent (no replication frames) and which no client has
+//! resumed is adopted by one of its replicas after `orphan_timeout` (staggered by the
+//! replica's position in the set so that they don't race; Raft's conditional takeover
+//! settles any race anyway) and sealed at the longest durable prefix of a majority, with
+//! the cluster state `orphaned`. A session this node owns but no longer streams (it
+//! restarted) is adopted the same way.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::copies::Copies;
+use crate::cluster::member::Member;
+use crate::session::SessionManager;
+
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Extra wait per position in the replica set, so the first survivor usually goes alone.
+const STAGGER: Duration = Duration::from_secs(1);
+
+pub async fn sweep(
+    member: Arc<Member>,
+    copies: Arc<Copies>,
+    sessions: Arc<SessionManager>,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut suspected: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for id in due(&member, &copies, &sessions, &mut suspected, timeout) {
+            adopt(&sessions, &id).await;
+            suspected.remove(&id);
+        }
+    }
+}
+
+/// Live sessions this node keeps a copy of whose owner has been silent long enough.
+fn due(
+    member: &Member,
+    copies: &Copies,
+    sessions: &SessionManager,
+    suspected: &mut HashMap<String, Instant>,
+    timeout: Duration,
+) -> Vec<String> {
+    let mine: Vec<(String, u64, usize)> = member.state.read(|s| {
+        s.live_sessions()
+            .filter_map(|e| {
+                let rank = e.replicas.iter().position(|r| *r == member.id)?;
+                Some((e.id.clone(), e.owner, rank))
+            })
+            .collect()
+    });
+    suspected.retain(|id, _| mine.iter().any(|(m, _, _)| m == id));
+    let mut due = Vec::new();
+    for (id, owner, rank) in mine {
+        let silent = if sessions.is_live(&id) {
+            None
+        } else if owner == member.id {
+            Some(Duration::MAX)
+        } else {
+            // No copy here yet (this node restarted): silent since we started looking.
+            Some(
+                copies
+                    .get(&id)
+                    .map(|c| c.since_owner_contact())
+                    .unwrap_or(Duration::MAX),
+            )
+        };
+        let Some(silent) = silent else {
+            suspected.remove(&id);
+            continue;
+        };
+        let since = *suspected.entry(id.clone()).or_insert_with(Instant::now);
+        let patience = timeout + STAGGER * rank as u32;
+        if silent.min(since.elapsed()) >= patience {
+            due.push(id);
+        }
+    }
+    due
+}
+
+async fn adopt(sessions: &Arc<SessionManager>, id: &str) {
+    match sessions.adopt_orphan(id).await {
+        Ok(session) => {
+            let outcome = session
+                .run(futures_util::stream::empty::<Result<bytes::Bytes, String>>())
+                .await;
+            tracing::warn!(%id, bytes = outcome.record.bytes, "sealed an orphaned session (owner and client gone)");
+        }
+        Err(e) => tracing::info!(%id, reason = %e, "orphaned session not adopted (yet)"),
+    }
+}

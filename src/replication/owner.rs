@@ -1,0 +1,310 @@
+//! The owner side: stream a live recording to each other replica and learn what each
+//! holds durably.
+//!
+//! One task per replica tails the owner's recording file: it sends whatever was written
+//! past what the replica has (so a slow, restarted or new replica catches up from the file,
+//! and never holds up the others), a ping when idle, and the seal at the end. A replica
+//! that answers with a higher epoch has seen a takeover: the owner is deposed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::wire::{read_frame, write_frame, OpenCopy, ToOwner, ToReplica, WireError, MAX_CHUNK};
+use crate::cluster::transport::{StreamKind, Transport};
+use crate::cluster::types::NodeId;
+use crate::storage::index::SessionState;
+use crate::storage::SyncHandle;
+
+/// Idle streams ping this often so replicas know the owner lives.
+pub const PING_INTERVAL: Duration = Duration::from_millis(500);
+/// Dialling a replica and its first answer.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A replica to stream to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+/// Handle on a session's outgoing replication.
+pub struct OwnerStreams {
+    offsets: watch::Receiver<BTreeMap<NodeId, u64>>,
+    sealed: watch::Receiver<BTreeMap<NodeId, u64>>,
+    seal: watch::Sender<Option<(u64, SessionState)>>,
+    deposed: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl OwnerStreams {
+    /// Starts one streaming task per target.
+    pub fn start(
+        transport: Arc<Transport>,
+        open: OpenCopy,
+        file: SyncHandle,
+        written: watch::Receiver<u64>,
+        targets: Vec<Target>,
+        tracker: &TaskTracker,
+    ) -> OwnerStreams {
+        let offsets = watch::Sender::new(BTreeMap::new());
+        let sealed = watch::Sender::new(BTreeMap::new());
+        let (seal, _) = watch::channel(None);
+        let deposed = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let streams = OwnerStreams {
+            offsets: offsets.subscribe(),
+            sealed: sealed.subscribe(),
+            seal,
+            deposed: deposed.clone(),
+            stop: stop.clone(),
+        };
+        let shared = Arc::new(Shared {
+            transport,
+            open,
+            file,
+            offsets,
+            sealed,
+            deposed,
+            stop,
+        });
+        for target in targets {
+            let task = ReplicaTask {
+                shared: shared.clone(),
+                target,
+                written: written.clone(),
+                seal: streams.seal.subscribe(),
+            };
+            tracker.spawn(task.run());
+        }
+        streams
+    }
+
+    /// Durable offsets the replicas reported.
+    pub fn offsets(&self) -> watch::Receiver<BTreeMap<NodeId, u64>> {
+        self.offsets.clone()
+    }
+
+    /// Cancelled when a replica holds a newer epoch: stop acking, stop writing.
+    pub fn deposed(&self) -> CancellationToken {
+        self.deposed.clone()
+    }
+
+    /// Asks every replica to seal at `len` and waits (bounded) for `want` of them.
+    pub async fn seal(&self, len: u64, state: SessionState, want: usize, wait: Duration) -> usize {
+        self.seal.send_replace(Some((len, state)));
+        let mut sealed = self.sealed.clone();
+        let done = tokio::time::timeout(wait, sealed.wait_for(|s| s.len() >= want)).await;
+        let count = self.sealed.borrow().len();
+        if done.is_err() {
+            tracing::warn!(
+                sealed = count,
+                want,
+                "not every replica confirmed the seal in time"
+            );
+        }
+        count
+    }
+}
+
+impl Drop for OwnerStreams {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Shared {
+    transport: Arc<Transport>,
+    open: OpenCopy,
+    file: SyncHandle,
+    offsets: watch::Sender<BTreeMap<NodeId, u64>>,
+    sealed: watch::Sender<BTreeMap<NodeId, u64>>,
+    deposed: CancellationToken,
+    stop: CancellationToken,
+}
+
+struct ReplicaTask {
+    shared: Arc<Shared>,
+    target: Target,
+    written: watch::Receiver<u64>,
+    seal: watch::Receiver<Option<(u64, SessionState)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("replica {replica} holds epoch {fence}")]
+    Deposed { replica: NodeId, fence: u64 },
+    #[error("replica refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ReplicaTask {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let stop = self.shared.stop.clone();
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return,
+                outcome = self.stream_once() => outcome,
+            };
+            match outcome {
+                Ok(()) => return,
+                Err(StreamError::Deposed { replica, fence }) => {
+                    tracing::warn!(session = %self.shared.open.session, replica, fence,
+                        epoch = self.shared.open.epoch, "a replica holds a newer epoch: deposed");
+                    self.shared.deposed.cancel();
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(session = %self.shared.open.session, replica = self.target.id, error = %e,
+                        "replication stream broke; retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.shared.stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One stream's life: open, catch up, follow, seal. `Ok` once sealed.
+    async fn stream_once(&mut self) -> Result<(), StreamError> {
+        let shared = self.shared.clone();
+        let opened = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            shared.transport.open_stream(
+                self.target.id,
+                &self.target.addr,
+                StreamKind::Replication,
+            ),
+        )
+        .await
+        .map_err(|_| StreamError::Other("open timed out".into()))?;
+        let (mut send, mut recv) = opened.map_err(|e| StreamError::Other(e.to_string()))?;
+        write_frame(&mut send, &ToReplica::Open(shared.open.clone()).encode()?).await?;
+        let first = tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut recv))
+            .await
+            .map_err(|_| StreamError::Other("no answer to Open".into()))??;
+        let start = match ToOwner::decode(first.0, first.1)? {
+            ToOwner::Ready { durable } => durable,
+            ToOwner::Refused { reason, fence } => return Err(self.refusal(reason, fence)),
+            other => {
+                return Err(StreamError::Other(format!(
+                    "unexpected first answer {other:?}"
+                )))
+            }
+        };
+        self.publish(start);
+        let (answers_tx, mut answers) = mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let frame = read_frame(&mut recv)
+                    .await
+                    .and_then(|(t, b)| ToOwner::decode(t, b));
+                let end = frame.is_err();
+                if answers_tx.send(frame).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let result = self.follow(&mut send, &mut answers, start).await;
+        reader.abort();
+        result
+    }
+
+    /// Sends data past `sent` as it is written, pings while idle, seals at the end.
+    async fn follow(
+        &mut self,
+        send: &mut quinn::SendStream,
+        answers: &mut mpsc::Receiver<Result<ToOwner, WireError>>,
+        mut sent: u64,
+    ) -> Result<(), StreamError> {
+        let mut seal_sent = false;
+        loop {
+            let written = *self.written.borrow_and_update();
+            let seal = *self.seal.borrow_and_update();
+            if sent < written {
+                sent += self.send_chunk(send, sent, written).await?;
+                continue;
+            }
+            if let Some((len, state)) = seal.filter(|(len, _)| sent >= *len && !seal_sent) {
+                write_frame(send, &ToReplica::Seal { len, state }.encode()?).await?;
+                seal_sent = true;
+            }
+            tokio::select! {
+                answer = answers.recv() => {
+                    match answer.ok_or_else(|| StreamError::Other("stream closed".into()))?? {
+                        ToOwner::Durable { offset } | ToOwner::Ready { durable: offset } => self.publish(offset),
+                        ToOwner::Sealed { len } => {
+                            self.publish(len);
+                            self.shared.sealed.send_modify(|s| { s.insert(self.target.id, len); });
+                            return Ok(());
+                        }
+                        ToOwner::Refused { reason, fence } => return Err(self.refusal(reason, fence)),
+                    }
+                }
+                _ = self.written.changed() => {}
+                _ = self.seal.changed() => {}
+                _ = tokio::time::sleep(super::owner::PING_INTERVAL) => {
+                    write_frame(send, &ToReplica::Ping.encode()?).await?;
+                }
+            }
+        }
+    }
+
+    /// Reads the next chunk from the file and sends it; returns its length.
+    async fn send_chunk(
+        &self,
+        send: &mut quinn::SendStream,
+        from: u64,
+        upto: u64,
+    ) -> Result<u64, StreamError> {
+        let max = ((upto - from) as usize).min(MAX_CHUNK);
+        let file = self.shared.file.clone();
+        let bytes = tokio::task::spawn_blocking(move || file.read_at(from, max))
+            .await
+            .map_err(|e| StreamError::Other(e.to_string()))?
+            .map_err(|e| StreamError::Other(e.to_string()))?;
+        if bytes.is_empty() {
+            return Err(StreamError::Other(format!(
+                "recording shorter than {upto} bytes"
+            )));
+        }
+        let len = bytes.len() as u64;
+        let frame = ToReplica::Data {
+            offset: from,
+            bytes: Bytes::from(bytes),
+        };
+        write_frame(send, &frame.encode()?).await?;
+        Ok(len)
+    }
+
+    fn publish(&self, offset: u64) {
+        self.shared.offsets.send_modify(|o| {
+            let entry = o.entry(self.target.id).or_insert(0);
+            *entry = (*entry).max(offset);
+        });
+    }
+
+    fn refusal(&self, reason: String, fence: u64) -> StreamError {
+        if fence > self.shared.open.epoch {
+            StreamError::Deposed {
+                replica: self.target.id,
+                fence,
+            }
+        } else {
+            StreamError::Refused(reason)
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! A recorder set of real node processes on loopback ports, for the cluster tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::*;
+
+/// Election timeouts the test sets use (ms); failover assertions derive from them.
+pub const ELECTION_MAX_MS: u64 = 1600;
+
+pub fn free_port() -> Result<u16> {
+    // A port free for both TCP (ingest) and UDP (cluster) at the time of asking.
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+}
+
+pub fn run(bin_args: &[&str]) -> Result<String> {
+    let out = Command::new(BIN).args(bin_args).output()?;
+    if !out.status.success() {
+        bail!(
+            "quorumcast {bin_args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+pub struct Member {
+    pub id: u64,
+    pub ingest: String,
+    pub cluster: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub node: Option<Node>,
+}
+
+pub struct Set {
+    pub root: PathBuf,
+    pub members: Vec<Member>,
+    pub _tmp: tempfile::TempDir,
+}
+
+impl Set {
+    /// Certificates, configs and `n` running nodes that bootstrap together.
+    pub fn start(n: u64, extra_cluster_toml: &str) -> Result<Set> {
+        let tmp = tempdir();
+        let root = tmp.path().to_path_buf();
+        run(&["certs", "init", "--out", path(&root.join("ca"))?])?;
+        let mut members = Vec::new();
+        for id in 1..=n {
+            members.push(Member {
+                id,
+                ingest: format!("127.0.0.1:{}", free_port()?),
+                cluster: format!("127.0.0.1:{}", free_port()?),
+                dir: root.join(format!("node{id}")),
+                config: root.join(format!("node{id}.toml")),
+                node: None,
+            });
+        }
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| {
+                format!(
+                    "{{ id = {}, cluster_addr = \"{}\", ingest_addr = \"{}\" }}",
+                    m.id, m.cluster, m.ingest
+                )
+            })
+            .collect();
+        for m in &members {
+            write_config(&root, m, &initial.join(", "), extra_cluster_toml)?;
+        }
+        let mut set = Set {
+            root,
+            members,
+            _tmp: tmp,
+        };
+        for i in 0..set.members.len() {
+            set.start_member(i)?;
+        }
+        set.wait_leader(&[])?;
+        Ok(set)
+    }
+
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        let m = &mut self.members[i];
+        let args = vec!["--config".to_string(), path(&m.config)?.to_string()];
+        m.node = Some(Node::start_in(m.dir.clone(), args, &m.ingest)?);
+        Ok(())
+    }
+
+    pub fn status(&self, i: usize) -> Result<Value> {
+        let out = run(&[
+            "cluster",
+            "status",
+            "--json",
+            "--node",
+            &self.members[i].ingest,
+        ])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Waits until every running member except `skip` agrees on one leader, then returns
+    /// the leader's index.
+    pub fn wait_leader(&self, skip: &[usize]) -> Result<usize> {
+        self.wait_leader_other_than(skip, None)
+    }
+
+    /// Like [`Set::wait_leader`], but the agreed leader must not be `old`.
+    pub fn wait_leader_other_than(&self, skip: &[usize], old: Option<usize>) -> Result<usize> {
+        let old_id = old.map(|i| self.members[i].id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut leaders = Vec::new();
+            for (i, m) in self.members.iter().enumerate() {
+                if skip.contains(&i) || m.node.is_none() {
+                    continue;
+                }
+                let healthy = curl(&[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://{}/healthz", m.ingest),
+                ])?;
+                let leader = self.status(i).ok().and_then(|s| s["leader"].as_u64());
+                leaders.push((String::from_utf8(healthy.stdout)? == "200", leader));
+            }
+            let first = leaders.first().and_then(|(_, l)| *l);
+            if let Some(leader) = first.filter(|l| Some(*l) != old_id) {
+                if leaders
+                    .iter()
+                    .all(|(healthy, l)| *healthy && *l == Some(leader))
+                {
+                    return self
+                        .members
+                        .iter()
+                        .position(|m| m.id == leader)
+                        .context("leader not a member");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader: {leaders:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One v2 upload of the seed sample through curl to member `i`; the HTTP status.
+    pub fn upload(&self, i: usize) -> Result<(u16, String)> {
+        let sample = samples().join("seed-echo-hi.cast");
+        let out = curl(&[
+            "-sS",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            &format!("@{}", sample.display()),
+            &format!("http://{}/v2/record", self.members[i].ingest),
+        ])?;
+        let text = String::from_utf8(out.stdout)?;
+        let (body, code) = text.rsplit_once('\n').context("no status")?;
+        Ok((code.parse()?, body.to_string()))
+    }
+
+    /// The cluster table as node `i` has applied it, once it has `n` sessions, all sealed
+    /// (followers apply commits a moment after the leader).
+    pub fn sealed_sessions(&self, i: usize, n: usize) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let table = self.cluster_sessions(i)?;
+            if table.len() == n && table.iter().all(|s| s["state"] == "sealed") {
+                return Ok(table);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "wanted {n} sealed sessions on node {}, have {table:?}",
+                    i + 1
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn cluster_sessions(&self, i: usize) -> Result<Vec<Value>> {
+        let out = run(&[
+            "cluster",
+            "sessions",
+            "--json",
+            "--node",
+            &self.members[i].ingest,
+        ])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+}
+
+pub fn path(p: &Path) -> Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+pub fn write_config(root: &Path, m: &Member, initial: &str, extra: &str) -> Result<()> {
+    let certs = root.join(format!("certs{}", m.id));
+    run(&[
+        "certs",
+        "issue",
+        "--ca",
+        path(&root.join("ca"))?,
+        "--node-id",
+        &m.id.to_string(),
+        "--san",
+        "127.0.0.1",
+        "--out",
+        path(&certs)?,
+    ])?;
+    let text = format!(
+        "statedir = \"{dir}/state\"\n\
+         [cluster]\nnode_id = {id}\nlisten = \"{cluster}\"\n\
+         ca = \"{root}/ca/ca.pem\"\ncert = \"{certs}/node.pem\"\nkey = \"{certs}/node.key\"\n\
+         election_min_ms = 800\nelection_max_ms = {ELECTION_MAX_MS}\nheartbeat_ms = 100\n\
+         initial_members = [{initial}]\n{extra}\n",
+        dir = path(&m.dir)?,
+        id = m.id,
+        cluster = m.cluster,
+        root = path(root)?,
+        certs = path(&certs)?,
+    );
+    std::fs::write(&m.config, text)?;
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! Replication and mid-session failover on a real 3-node set: every replica ends with the
+//! same bytes; a client that loses its node resumes on another with nothing lost or
+//! doubled; a stale owner's late writes are refused; orphans are sealed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::set::*;
+use common::*;
+use serde_json::Value;
+
+const HEADER: &str = "{\"version\":2,\"width\":80,\"height\":24,\"sshUser\":\"dana\"}\n";
+
+fn line(i: usize) -> String {
+    format!(
+        "[{}.5,\"o\",\"line {i} \\u001b[1mbold\\u001b[0m\\r\\n\"]\n",
+        i
+    )
+}
+
+/// Polls `f` until it returns Some, for at most `secs` seconds.
+fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = f()? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The node's local copy of session `id` (its index record), once in `state`.
+fn local_copy(set: &Set, i: usize, id: &str, state: &str) -> Result<Value> {
+    eventually(
+        20,
+        &format!("node {} copy of {id} in state {state}", i + 1),
+        || {
+            let node = set.members[i].node.as_ref().context("node down")?;
+            let found = node
+                .sessions("")?
+                .into_iter()
+                .find(|r| r["id"] == id && r["state"] == state);
+            Ok(found)
+        },
+    )
+}
+
+fn cluster_entry(set: &Set, i: usize, id: &str) -> Result<Value> {
+    set.cluster_sessions(i)?
+        .into_iter()
+        .find(|s| s["id"] == id)
+        .context("session not in the cluster table")
+}
+
+fn resumable(addr: &str, id: &str, resume: Option<u64>) -> Result<(H2Upload, u64)> {
+    let mut headers = vec![("quorumcast-session", id.to_string())];
+    if let Some(acked) = resume {
+        headers.push(("quorumcast-resume", acked.to_string()));
+    }
+    let (upload, response) = H2Upload::with_headers(addr, &headers)?;
+    let offset = response
+        .get("quorumcast-resume-offset")
+        .context("no quorumcast-resume-offset header")?
+        .to_str()?
+        .parse()?;
+    Ok((upload, offset))
+}
+
+#[test]
+fn every_replica_stores_the_same_bytes_and_the_set_lists_the_session_once() -> Result<()> {
+    let set = Set::start(3, "")?;
+    let (code, body) = set.upload(0)?;
+    assert_eq!(code, 200, "{body}");
+    let entry = &set.cluster_sessions(1)?[0];
+    let id = entry["id"].as_str().context("id")?.to_string();
+    assert_eq!(entry["state"], "sealed");
+    let sample = std::fs::read(samples().join("seed-echo-hi.cast"))?;
+    for i in 0..3 {
+        let record = local_copy(&set, i, &id, "complete")?;
+        let node = set.members[i].node.as_ref().context("node")?;
+        let stored = node.read_recording(&record)?;
+        assert_eq!(
+            sha256(&stored),
+            sha256(&sample),
+            "node {} copy differs",
+            i + 1
+        );
+        assert_eq!(
+            record["path"],
+            local_copy(&set, 0, &id, "complete")?["path"],
+            "same path everywhere"
+        );
+        assert_eq!(
+            node.sessions("")?.len(),
+            1,
+            "each node lists the session once"
+        );
+    }
+    assert_eq!(set.cluster_sessions(2)?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn killing_the_owner_mid_session_loses_and_doubles_nothing() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    let id = "failover-test-1";
+    let mut recording = Vec::new();
+    let (mut first, offset) = resumable(&set.members[0].ingest, id, None)?;
+    assert_eq!(offset, 0);
+    first.send(HEADER.as_bytes())?;
+    recording.extend_from_slice(HEADER.as_bytes());
+    for i in 0..200 {
+        first.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    let acked = first.wait_ack(recording.len() as u64)?;
+    // Bytes the owner may or may not have made durable before it dies.
+    for i in 200..220 {
+        first.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    set.members[0].node.as_mut().context("owner")?.kill9();
+    let killed = Instant::now();
+    first.abort();
+    let (mut second, resume_at) = resumable(&set.members[1].ingest, id, Some(acked))?;
+    println!(
+        "resumed on node 2 at byte {resume_at} (acked {acked}, sent {}) after {:?}",
+        recording.len(),
+        killed.elapsed()
+    );
+    assert!(
+        resume_at >= acked,
+        "resume offset {resume_at} below the last ack {acked}"
+    );
+    assert!(resume_at <= recording.len() as u64);
+    second.send(&recording[resume_at as usize..])?;
+    for i in 220..300 {
+        second.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    second.wait_ack(recording.len() as u64)?;
+    second.finish()?;
+    let entry = cluster_entry(&set, 1, id)?;
+    assert_eq!(entry["state"], "sealed");
+    assert_eq!(entry["owner"], 2);
+    assert_eq!(entry["epoch"], 2);
+    for i in [1, 2] {
+        let record = local_copy(&set, i, id, "complete")?;
+        let stored = set.members[i]
+            .node
+            .as_ref()
+            .context("node")?
+            .read_recording(&record)?;
+        assert_eq!(stored.len(), recording.len(), "node {}", i + 1);
+        assert_eq!(
+            sha256(&stored),
+            sha256(&recording),
+            "node {} has a different recording",
+            i + 1
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_stale_owner_resumed_after_a_takeover_cannot_write_anywhere() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    let id = "stale-owner-test";
+    let mut recording = HEADER.as_bytes().to_vec();
+    let (mut first, _) = resumable(&set.members[0].ingest, id, None)?;
+    first.send(HEADER.as_bytes())?;
+    let acked = first.wait_ack(recording.len() as u64)?;
+    // Freeze the owner, then hand it bytes it will only read once it wakes up.
+    let owner = set.members[0].node.as_ref().context("owner")?;
+    owner.signal(libc::SIGSTOP);
+    let late = line(1);
+    first.send(late.as_bytes())?;
+    // The client moves on to node 2, which takes over at epoch 2.
+    let (mut second, resume_at) = resumable(&set.members[1].ingest, id, Some(acked))?;
+    assert_eq!(resume_at, acked);
+    recording.extend_from_slice(late.as_bytes());
+    second.send(&recording[resume_at as usize..])?;
+    second.wait_ack(recording.len() as u64)?;
+    // Wake the stale owner: it reads the late bytes and tries to replicate them at epoch 1.
+    set.members[0]
+        .node
+        .as_ref()
+        .context("owner")?
+        .signal(libc::SIGCONT);
+    let refused = eventually(15, "a stale-epoch refusal", || {
+        let mut total = 0.0;
+        for i in [1, 2] {
+            let metrics = String::from_utf8(
+                curl(&["-s", &format!("http://{}/metrics", set.members[i].ingest)])?.stdout,
+            )?;
+            total += metrics
+                .lines()
+                .find(|l| l.starts_with("quorumcast_replication_stale_epoch_refusals_total "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        Ok((total >= 1.0).then_some(total))
+    })?;
+    println!("stale-epoch writes refused: {refused}");
+    for i in 220..240 {
+        second.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    second.wait_ack(recording.len() as u64)?;
+    second.finish()?;
+    first.abort();
+    for i in [1, 2] {
+        let record = local_copy(&set, i, id, "complete")?;
+        let stored = set.members[i]
+            .node
+            .as_ref()
+            .context("node")?
+            .read_recording(&record)?;
+        assert_eq!(
+            sha256(&stored),
+            sha256(&recording),
+            "node {} differs from the client's stream",
+            i + 1
+        );
+    }
+    let log = set.members[0].node.as_ref().context("owner")?.log_text();
+    assert!(
+        log.contains("deposed") || log.contains("took the session over"),
+        "stale owner never noticed:\n{log}"
+    );
+    set.members[0].node = None;
+    Ok(())
+}
+
+#[test]
+fn a_replica_dying_does_not_stop_the_session() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    let id = "replica-dies";
+    let mut recording = HEADER.as_bytes().to_vec();
+    let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
+    upload.send(HEADER.as_bytes())?;
+    upload.wait_ack(recording.len() as u64)?;
+    set.members[2].node.as_mut().context("replica")?.kill9();
+    for i in 0..100 {
+        upload.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    upload.wait_ack(recording.len() as u64)?;
+    upload.finish()?;
+    let record = local_copy(&set, 1, id, "complete")?;
+    let stored = set.members[1]
+        .node
+        .as_ref()
+        .context("node")?
+        .read_recording(&record)?;
+    assert_eq!(sha256(&stored), sha256(&recording));
+    Ok(())
+}
+
+#[test]
+fn a_stock_upload_whose_node_dies_is_sealed_up_to_its_last_ack_on_a_survivor() -> Result<()> {
+    let mut set = Set::start(3, "orphan_timeout_ms = 2000")?;
+    let mut upload = H2Upload::v2(set.members[0].node.as_ref().context("node")?)?;
+    let mut sent = HEADER.as_bytes().to_vec();
+    upload.send(HEADER.as_bytes())?;
+    for i in 0..50 {
+        upload.send(line(i).as_bytes())?;
+        sent.extend_from_slice(line(i).as_bytes());
+    }
+    let acked = upload.wait_ack(sent.len() as u64)?;
+    let id = set.cluster_sessions(1)?[0]["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    set.members[0].node.as_mut().context("owner")?.kill9();
+    upload.abort();
+    let entry = eventually(30, "the orphan to be sealed", || {
+        let entry = cluster_entry(&set, 1, &id)?;
+        Ok((entry["state"] == "orphaned").then_some(entry))
+    })?;
+    let sealer = entry["owner"].as_u64().context("owner")? as usize - 1;
+    assert!(sealer == 1 || sealer == 2, "sealed by {entry}");
+    let record = local_copy(&set, sealer, &id, "aborted")?;
+    let stored = set.members[sealer]
+        .node
+        .as_ref()
+        .context("node")?
+        .read_recording(&record)?;
+    assert!(
+        stored.len() as u64 >= acked,
+        "sealed {} bytes, acked {acked}",
+        stored.len()
+    );
+    assert_eq!(
+        &stored[..],
+        &sent[..stored.len()],
+        "sealed bytes are not a prefix of what was sent"
+    );
+    Ok(())
+}
