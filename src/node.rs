@@ -87,6 +87,13 @@ pub async fn run(
     };
     let sessions =
         SessionManager::new(storage, config.session.clone(), shutdown.clone(), admission);
+    if let Some(member) = &cluster {
+        tracker.spawn(hand_off_when_full(
+            member.local_disk_watch(),
+            sessions.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let (Some(member), Some(cluster)) = (&cluster, &config.cluster) {
         tracker.spawn(crate::replication::orphans::sweep(
             member.clone(),
@@ -122,4 +129,22 @@ pub async fn run(
     }
     tracing::info!("recorder node stopped");
     Ok(())
+}
+
+/// A node whose disk becomes full gives its live sessions to the rest of the set before
+/// it runs out of space (its clients resume elsewhere; it is dropped from their replicas).
+async fn hand_off_when_full(
+    mut disk: tokio::sync::watch::Receiver<crate::cluster::types::DiskState>,
+    sessions: Arc<SessionManager>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if *disk.borrow_and_update() == crate::cluster::types::DiskState::Full {
+            sessions.hand_off_all("dst file system is full");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = disk.changed() => if changed.is_err() { return },
+        }
+    }
 }

@@ -303,3 +303,262 @@ fn a_stock_upload_whose_node_dies_is_sealed_up_to_its_last_ack_on_a_survivor() -
     );
     Ok(())
 }
+
+/// `quorumcast record` against all three recorders, output produced slowly for a while.
+fn spawn_record(
+    set: &Set,
+    copy: &std::path::Path,
+    extra: &[&str],
+    script: &str,
+) -> Result<std::process::Child> {
+    let mut command = std::process::Command::new(BIN);
+    command.arg("record");
+    for m in &set.members {
+        command.args(["--recorder", &m.ingest]);
+    }
+    command
+        .args(["--output", path(copy)?])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    Ok(command.spawn()?)
+}
+
+fn wait_exit(
+    child: &mut std::process::Child,
+    secs: u64,
+) -> Result<(std::process::ExitStatus, String)> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("record did not exit within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut stderr, &mut err)?;
+    }
+    Ok((status, err))
+}
+
+/// The live session's owner index, from the cluster table.
+fn live_owner(set: &Set, via: usize) -> Result<(String, usize)> {
+    eventually(20, "a live session", || {
+        let live = set
+            .cluster_sessions(via)?
+            .into_iter()
+            .find(|s| s["state"] == "live");
+        Ok(live.and_then(|s| {
+            Some((
+                s["id"].as_str()?.to_string(),
+                s["owner"].as_u64()? as usize - 1,
+            ))
+        }))
+    })
+}
+
+#[test]
+fn an_enforced_pty_session_survives_the_loss_of_its_recorder() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    let tmp = tempdir();
+    let copy = tmp.path().join("client.cast");
+    let script = "for i in $(seq 1 40); do echo \"tick $i $(printf '%0200d' 0)\"; sleep 0.1; done";
+    let mut child = spawn_record(
+        &set,
+        &copy,
+        &["--enforce", "--failover-deadline", "10"],
+        script,
+    )?;
+    let (id, owner) = live_owner(&set, 0)?;
+    std::thread::sleep(Duration::from_millis(800));
+    set.members[owner].node.as_mut().context("owner")?.kill9();
+    let via = (owner + 1) % 3;
+    let (status, err) = wait_exit(&mut child, 60)?;
+    assert!(status.success(), "the command was cut: {status}\n{err}");
+    assert!(err.contains("moved from"), "no failover logged: {err}");
+    println!("{}", err.trim());
+    let entry = eventually(20, "the session to be sealed", || {
+        let entry = cluster_entry(&set, via, &id)?;
+        Ok((entry["state"] == "sealed").then_some(entry))
+    })?;
+    assert!(entry["epoch"].as_u64() >= Some(2));
+    let new_owner = entry["owner"].as_u64().context("owner")? as usize - 1;
+    let record = local_copy(&set, new_owner, &id, "complete")?;
+    let stored = set.members[new_owner]
+        .node
+        .as_ref()
+        .context("node")?
+        .read_recording(&record)?;
+    let client = std::fs::read(&copy)?;
+    assert_eq!(
+        sha256(&stored),
+        sha256(&client),
+        "stored recording != client's copy"
+    );
+    assert!(String::from_utf8_lossy(&stored).contains("tick 40"));
+    Ok(())
+}
+
+#[test]
+fn losing_two_of_three_recorders_terminates_an_enforced_command_within_the_deadline() -> Result<()>
+{
+    let mut set = Set::start(3, "")?;
+    let tmp = tempdir();
+    let copy = tmp.path().join("client.cast");
+    let script = "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done";
+    let mut child = spawn_record(
+        &set,
+        &copy,
+        &["--enforce", "--failover-deadline", "3"],
+        script,
+    )?;
+    let (id, owner) = live_owner(&set, 0)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let other = (owner + 1) % 3;
+    let survivor = (owner + 2) % 3;
+    set.members[owner].node.as_mut().context("owner")?.kill9();
+    set.members[other].node.as_mut().context("other")?.kill9();
+    let killed = Instant::now();
+    let (status, err) = wait_exit(&mut child, 40)?;
+    let took = killed.elapsed();
+    println!(
+        "terminated {took:?} after losing two of three: {}",
+        err.trim()
+    );
+    assert!(
+        !status.success(),
+        "enforce command kept running without a majority"
+    );
+    // Ack timeout (30 s default) or connection loss, then the 3 s failover deadline.
+    assert!(took < Duration::from_secs(38), "took {took:?}");
+    // What the survivor holds is a prefix of the client's stream.
+    let node = set.members[survivor].node.as_ref().context("survivor")?;
+    let record = node
+        .sessions("")?
+        .into_iter()
+        .find(|r| r["id"] == id)
+        .context("no copy on the survivor")?;
+    let stored = node.read_recording(&record)?;
+    let client = std::fs::read(&copy)?;
+    assert!(!stored.is_empty());
+    assert_eq!(
+        &client[..stored.len()],
+        &stored[..],
+        "survivor's bytes are not the client's"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_node_whose_disk_fills_hands_its_sessions_to_the_others() -> Result<()> {
+    let tmp = tempdir();
+    let small = tmp.path().join("dst3");
+    std::fs::create_dir_all(&small)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=20m", "tmpfs", path(&small)?])
+        .status()
+        .context("mount (root is needed)")?;
+    anyhow::ensure!(
+        mounted.success(),
+        "mounting a tmpfs failed (root is needed)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let mut set = Set::start(3, "disk_check_ms = 100")?;
+    set.members[2].node = None;
+    let m = &mut set.members[2];
+    let args = vec![
+        "--config".to_string(),
+        path(&m.config)?.to_string(),
+        "--dst".into(),
+        path(&small)?.to_string(),
+    ];
+    m.node = Some(Node::start_in(m.dir.clone(), args, &m.ingest)?);
+    set.wait_leader(&[])?;
+    let settings = r#"{"replication_factor":3,"pressure_used_percent":85,"pressure_min_free_bytes":1048576,"clear_used_percent":80,"full_used_percent":95}"#;
+    let out = curl(&[
+        "-sS",
+        "--fail",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        settings,
+        &format!("http://{}/api/v1/cluster/settings", set.members[0].ingest),
+    ])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let id = "full-disk-handoff";
+    let mut recording = HEADER.as_bytes().to_vec();
+    let (mut first, _) = resumable(&set.members[2].ingest, id, None)?;
+    first.send(HEADER.as_bytes())?;
+    for i in 0..20 {
+        first.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    let acked = first.wait_ack(recording.len() as u64)?;
+    // Fill node 3's disk past the full mark.
+    std::fs::write(
+        small.join("filler"),
+        vec![1u8; 19 * 1024 * 1024 + 512 * 1024],
+    )?;
+    let handed_off = eventually(15, "the reconnect frame", || {
+        Ok(first
+            .lines
+            .try_iter()
+            .find(|l| l.contains("\"reconnect\":true")))
+    })?;
+    println!("node 3 said: {handed_off}");
+    let (mut second, resume_at) = resumable(&set.members[0].ingest, id, Some(acked))?;
+    second.send(&recording[resume_at as usize..])?;
+    for i in 20..40 {
+        second.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    second.wait_ack(recording.len() as u64)?;
+    second.finish()?;
+    let entry = eventually(15, "the session sealed on node 1", || {
+        let entry = cluster_entry(&set, 0, id)?;
+        Ok((entry["state"] == "sealed").then_some(entry))
+    })?;
+    let replicas: Vec<u64> = entry["replicas"]
+        .as_array()
+        .context("replicas")?
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(replicas[0], 1);
+    assert!(
+        !replicas.contains(&3),
+        "the full node stays out of the new replica set: {replicas:?}"
+    );
+    for i in [0, 1] {
+        let record = local_copy(&set, i, id, "complete")?;
+        let stored = set.members[i]
+            .node
+            .as_ref()
+            .context("node")?
+            .read_recording(&record)?;
+        assert_eq!(sha256(&stored), sha256(&recording), "node {}", i + 1);
+    }
+    set.members[2].node = None;
+    Ok(())
+}

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +54,7 @@ pub struct Member {
     pub leader_contact: Arc<PeerContacts>,
     pub config: ClusterConfig,
     /// This node's own disk state, as the disk monitor last classified it (`DiskState as u8`).
-    local_disk: AtomicU8,
+    local_disk: tokio::sync::watch::Sender<DiskState>,
     /// Membership changes one at a time (openraft has panicked under rapid churn).
     membership_lock: tokio::sync::Mutex<()>,
 }
@@ -135,7 +134,7 @@ impl Member {
             contacts,
             leader_contact: Arc::new(PeerContacts::default()),
             config,
-            local_disk: AtomicU8::new(DiskState::Ok as u8),
+            local_disk: tokio::sync::watch::Sender::new(DiskState::Ok),
             membership_lock: tokio::sync::Mutex::new(()),
         });
         let handler = RpcServer(member.clone());
@@ -356,11 +355,17 @@ impl Member {
     }
 
     pub fn local_disk(&self) -> DiskState {
-        disk::from_u8(self.local_disk.load(Ordering::Relaxed))
+        *self.local_disk.borrow()
+    }
+
+    /// This node's disk state as it changes (the node hands its sessions off when full).
+    pub fn local_disk_watch(&self) -> tokio::sync::watch::Receiver<DiskState> {
+        self.local_disk.subscribe()
     }
 
     pub(super) fn set_local_disk(&self, state: DiskState) {
-        self.local_disk.store(state as u8, Ordering::Relaxed);
+        self.local_disk
+            .send_if_modified(|s| std::mem::replace(s, state) != state);
     }
 
     /// Adds a learner and waits until it has caught up.

@@ -98,6 +98,10 @@ pub async fn record_v2(State(app): State<AppState>, peer: Peer, request: Request
             resume_at,
             "client acked more than the set holds"
         );
+        // Refuse rather than continue a recording with a hole; the client tries another node.
+        let reason =
+            format!("the recorder set holds {resume_at} bytes but the client was acked {acked}");
+        return refusal(StatusCode::INTERNAL_SERVER_ERROR, &reason);
     }
     let (frames, frames_rx) = mpsc::channel::<Bytes>(ACK_QUEUE_BOUND);
     let interval = app.sessions.config().ack_interval;

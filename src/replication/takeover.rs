@@ -24,6 +24,9 @@ use crate::session::{Refusal, TakenOver};
 /// A replica that doesn't answer a fence within this is counted as unreachable.
 const FENCE_TIMEOUT: Duration = Duration::from_millis(1500);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a majority answered, how long the rest may still answer (their lengths only
+/// matter if they are longer, and a longer copy is never required for correctness).
+const FENCE_GRACE: Duration = Duration::from_millis(150);
 
 pub async fn take_over(
     member: &Arc<Member>,
@@ -95,7 +98,9 @@ async fn new_epoch(
     }
 }
 
-/// Fences every replica of the old and new sets; returns the lengths of those that answered.
+/// Fences every replica of the old and new sets; returns the lengths of those that
+/// answered. Once a majority of the old set has answered, the others get only a short
+/// grace: a dead replica must not hold the takeover for the whole fence timeout.
 async fn fence_all(
     member: &Arc<Member>,
     copies: &Arc<Copies>,
@@ -103,28 +108,47 @@ async fn fence_all(
     epoch: u64,
     replicas: &[NodeId],
 ) -> Vec<(NodeId, u64)> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let old: BTreeSet<NodeId> = entry.replicas.iter().copied().collect();
+    let majority = old.len() / 2 + 1;
     let targets: BTreeSet<NodeId> = entry.replicas.iter().chain(replicas).copied().collect();
-    let fences = targets.into_iter().map(|node| async move {
-        let fenced =
-            tokio::time::timeout(FENCE_TIMEOUT, fence_one(member, copies, entry, epoch, node))
-                .await;
-        match fenced {
-            Ok(Ok(len)) => Some((node, len)),
-            Ok(Err(e)) => {
-                tracing::warn!(session = %entry.id, node, error = %e, "fencing failed");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(session = %entry.id, node, "fencing timed out");
-                None
-            }
-        }
-    });
-    futures_util::future::join_all(fences)
-        .await
+    let mut pending: FuturesUnordered<_> = targets
         .into_iter()
-        .flatten()
-        .collect()
+        .map(|node| async move {
+            let fenced =
+                tokio::time::timeout(FENCE_TIMEOUT, fence_one(member, copies, entry, epoch, node))
+                    .await;
+            match fenced {
+                Ok(Ok(len)) => Some((node, len)),
+                Ok(Err(e)) => {
+                    tracing::warn!(session = %entry.id, node, error = %e, "fencing failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(session = %entry.id, node, "fencing timed out");
+                    None
+                }
+            }
+        })
+        .collect();
+    let mut answered = Vec::new();
+    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        let next = match grace.as_mut() {
+            Some(sleep) => tokio::select! {
+                next = pending.next() => next,
+                _ = sleep => break,
+            },
+            None => pending.next().await,
+        };
+        let Some(result) = next else { break };
+        answered.extend(result);
+        let old_answered = answered.iter().filter(|(n, _)| old.contains(n)).count();
+        if grace.is_none() && old_answered >= majority {
+            grace = Some(Box::pin(tokio::time::sleep(FENCE_GRACE)));
+        }
+    }
+    answered
 }
 
 async fn fence_one(

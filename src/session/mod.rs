@@ -237,6 +237,9 @@ pub struct SessionManager {
     shutdown: CancellationToken,
     /// Standalone, or the recorder set's claims through Raft.
     admission: Arc<dyn Admission>,
+    /// Cancelled to hand every live session off to another node (disk full); replaced by
+    /// a fresh token for the sessions that start afterwards.
+    handoff: Mutex<CancellationToken>,
 }
 
 impl SessionManager {
@@ -253,6 +256,7 @@ impl SessionManager {
             live: Mutex::new(HashMap::new()),
             shutdown,
             admission,
+            handoff: Mutex::new(CancellationToken::new()),
         })
     }
 
@@ -459,6 +463,28 @@ impl SessionManager {
         metrics::gauge!(m::SESSIONS_LIVE).increment(1.0);
         tracing::info!(id = %record.id, path = %record.path, protocol, "session started");
         Session::new(self.clone(), record, recording, counters, permit, validator)
+    }
+
+    /// Ends every live session here with "reconnect elsewhere" (their clients resume on
+    /// another node of the set). Sessions that start later are not affected.
+    pub fn hand_off_all(&self, reason: &str) {
+        let token = {
+            let mut current = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *current)
+        };
+        tracing::warn!(
+            live = self.live_count(),
+            reason,
+            "handing every live session off"
+        );
+        token.cancel();
+    }
+
+    pub(super) fn handoff_token(&self) -> CancellationToken {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether a session is streaming into this node now.

@@ -78,6 +78,8 @@ enum End {
     Storage(String),
     /// Another node took the session over (a replica holds a newer epoch).
     Deposed,
+    /// This node gives the session up (disk full): the client continues elsewhere.
+    HandOff,
 }
 
 impl Session {
@@ -183,6 +185,7 @@ impl Session {
         E: Display,
     {
         let shutdown = self.manager.shutdown.clone();
+        let handoff = self.manager.handoff_token();
         let header_deadline = tokio::time::sleep(self.manager.config().header_timeout);
         tokio::pin!(header_deadline);
         loop {
@@ -191,6 +194,7 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
                 _ = deposed.cancelled() => return End::Deposed,
+                _ = handoff.cancelled() => return End::HandOff,
                 _ = sync_failed.cancelled() => return End::Storage("sync failed".into()),
                 _ = &mut header_deadline, if waiting_for_header => return End::HeaderTimeout,
                 next = body.next() => next,
@@ -362,6 +366,10 @@ impl Session {
             End::Deposed => {
                 let reason = "another node took the session over".to_string();
                 Verdict::cut(true, at(reason.clone()), Some(reason))
+            }
+            End::HandOff => {
+                let reason = "this recorder's disk is full: continue on another node".to_string();
+                Verdict::cut(survives, content.or(at(reason.clone())), Some(reason))
             }
         }
     }
