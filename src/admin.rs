@@ -184,20 +184,28 @@ fn print_sessions(table: &Value) {
             .flatten()
             .map(|r| r.to_string())
             .collect();
+        let copies: Vec<String> = s["copies"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(node, copy)| format!("{node}:{}", copy["bytes"]))
+            .collect();
         println!(
-            "{:<38} {:>5} {:>6} {:<12} {:<8} {}/{}",
+            "{:<38} {:>5} {:>6} {:<12} {:<8} {:<28} {}/{}",
             s["id"].as_str().unwrap_or("-"),
             s["owner"].to_string(),
             s["epoch"].to_string(),
             replicas.join(","),
             s["state"].as_str().unwrap_or("-"),
+            copies.join(" "),
             s["node_dir"].as_str().unwrap_or("-"),
             s["file_name"].as_str().unwrap_or("-"),
         );
     }
 }
 
-async fn get(addr: &str, path: &str) -> Result<Value, AdminError> {
+/// `GET` a JSON answer from a node's HTTP API.
+pub async fn get(addr: &str, path: &str) -> Result<Value, AdminError> {
     call(addr, http::Method::GET, path, None).await
 }
 

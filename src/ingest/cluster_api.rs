@@ -67,11 +67,45 @@ pub struct SessionsQuery {
     live: bool,
 }
 
+/// The cluster table, each session with the byte count and state of every node's copy
+/// (asked from each member's local index, at most [`COPIES_TIMEOUT`] per member).
 pub async fn sessions(State(app): State<AppState>, Query(query): Query<SessionsQuery>) -> Response {
-    match member(&app) {
-        Ok(member) => Json(member.sessions(query.live)).into_response(),
-        Err(response) => response,
+    let member = match member(&app) {
+        Ok(member) => member,
+        Err(response) => return response,
+    };
+    let copies = copies_by_session(member).await;
+    let table: Vec<serde_json::Value> = member
+        .sessions(query.live)
+        .into_iter()
+        .map(|entry| {
+            let mut value = serde_json::to_value(&entry).unwrap_or_default();
+            value["copies"] = copies.get(&entry.id).cloned().unwrap_or_default().into();
+            value
+        })
+        .collect();
+    Json(table).into_response()
+}
+
+/// A member that doesn't answer the copies query within this is left out of the counts.
+const COPIES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// session id → { node id → {bytes, state} }, from every member's `/api/v1/sessions`.
+async fn copies_by_session(member: &Member) -> std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>> {
+    let asks = member.members().into_iter().map(|(id, info)| async move {
+        let answer = tokio::time::timeout(COPIES_TIMEOUT, crate::admin::get(&info.ingest_addr, "/api/v1/sessions")).await;
+        (id, answer)
+    });
+    let mut copies: std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>> = Default::default();
+    for (node, answer) in futures_util::future::join_all(asks).await {
+        let Ok(Ok(serde_json::Value::Array(records))) = answer else { continue };
+        for record in records {
+            let Some(id) = record["id"].as_str() else { continue };
+            let copy = serde_json::json!({ "bytes": record["bytes"], "state": record["state"] });
+            copies.entry(id.to_string()).or_default().insert(node.to_string(), copy);
+        }
     }
+    copies
 }
 
 #[derive(Deserialize)]
