@@ -104,7 +104,11 @@ fn every_replica_stores_the_same_bytes_and_the_set_lists_the_session_once() -> R
     let listed = set.cluster_sessions(2)?;
     assert_eq!(listed.len(), 1);
     for node in ["1", "2", "3"] {
-        assert_eq!(listed[0]["copies"][node]["bytes"].as_u64(), Some(sample.len() as u64), "{listed:?}");
+        assert_eq!(
+            listed[0]["copies"][node]["bytes"].as_u64(),
+            Some(sample.len() as u64),
+            "{listed:?}"
+        );
     }
     Ok(())
 }

@@ -91,18 +91,32 @@ pub async fn sessions(State(app): State<AppState>, Query(query): Query<SessionsQ
 const COPIES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// session id → { node id → {bytes, state} }, from every member's `/api/v1/sessions`.
-async fn copies_by_session(member: &Member) -> std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>> {
+async fn copies_by_session(
+    member: &Member,
+) -> std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>> {
     let asks = member.members().into_iter().map(|(id, info)| async move {
-        let answer = tokio::time::timeout(COPIES_TIMEOUT, crate::admin::get(&info.ingest_addr, "/api/v1/sessions")).await;
+        let answer = tokio::time::timeout(
+            COPIES_TIMEOUT,
+            crate::admin::get(&info.ingest_addr, "/api/v1/sessions"),
+        )
+        .await;
         (id, answer)
     });
-    let mut copies: std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>> = Default::default();
+    let mut copies: std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>> =
+        Default::default();
     for (node, answer) in futures_util::future::join_all(asks).await {
-        let Ok(Ok(serde_json::Value::Array(records))) = answer else { continue };
+        let Ok(Ok(serde_json::Value::Array(records))) = answer else {
+            continue;
+        };
         for record in records {
-            let Some(id) = record["id"].as_str() else { continue };
+            let Some(id) = record["id"].as_str() else {
+                continue;
+            };
             let copy = serde_json::json!({ "bytes": record["bytes"], "state": record["state"] });
-            copies.entry(id.to_string()).or_default().insert(node.to_string(), copy);
+            copies
+                .entry(id.to_string())
+                .or_default()
+                .insert(node.to_string(), copy);
         }
     }
     copies
