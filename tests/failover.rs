@@ -259,14 +259,22 @@ fn a_replica_dying_does_not_stop_the_session() -> Result<()> {
         recording.extend_from_slice(line(i).as_bytes());
     }
     upload.wait_ack(recording.len() as u64)?;
+    // The dead replica comes back mid-session and catches up from the owner's file.
+    set.members[2].node = None;
+    set.start_member(2)?;
+    set.wait_leader(&[])?;
+    for i in 100..120 {
+        upload.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    upload.wait_ack(recording.len() as u64)?;
     upload.finish()?;
-    let record = local_copy(&set, 1, id, "complete")?;
-    let stored = set.members[1]
-        .node
-        .as_ref()
-        .context("node")?
-        .read_recording(&record)?;
-    assert_eq!(sha256(&stored), sha256(&recording));
+    for i in [1, 2] {
+        let record = local_copy(&set, i, id, "complete")?;
+        let node = set.members[i].node.as_ref().context("node")?;
+        let stored = node.read_recording(&record)?;
+        assert_eq!(sha256(&stored), sha256(&recording), "node {}", i + 1);
+    }
     Ok(())
 }
 
