@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -304,40 +303,6 @@ fn a_partitioned_minority_refuses_fast_while_the_majority_accepts() -> Result<()
     Ok(())
 }
 
-/// A real, small file system for one node's dst.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs> {
-        std::fs::create_dir_all(dir)?;
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                path(dir)?,
-            ])
-            .status()
-            .context("mount is needed (run as root)")?;
-        if !status.success() {
-            bail!("mounting a tmpfs failed (root is needed)");
-        }
-        Ok(Tmpfs {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
 fn wait_disk_state(set: &Set, node_id: u64, want: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -365,31 +330,8 @@ fn a_nearly_full_disk_puts_a_node_under_pressure_until_space_returns() -> Result
     let fs = Tmpfs::mount(&dst3, "20m")?;
     let mut set = Set::start(3, "disk_check_ms = 100")?;
     // Re-point node 3's dst at the small file system.
-    set.members[2].node = None;
-    let m = &mut set.members[2];
-    let args = vec![
-        "--config".to_string(),
-        path(&m.config)?.to_string(),
-        "--dst".into(),
-        path(&fs.dir)?.to_string(),
-    ];
-    m.node = Some(Node::start_in(m.dir.clone(), args, &m.ingest)?);
-    set.wait_leader(&[])?;
-    let settings = r#"{"replication_factor":3,"pressure_used_percent":85,"pressure_min_free_bytes":1048576,"clear_used_percent":80,"full_used_percent":95}"#;
-    let out = curl(&[
-        "-sS",
-        "--fail",
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        settings,
-        &format!("http://{}/api/v1/cluster/settings", set.members[0].ingest),
-    ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set.restart_on_dst(2, &fs.dir)?;
+    set.use_small_disk_thresholds()?;
     wait_disk_state(&set, 3, "ok")?;
     // Fill to 90% with a real file.
     let filler = fs.dir.join("filler");

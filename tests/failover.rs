@@ -475,52 +475,11 @@ fn losing_two_of_three_recorders_terminates_an_enforced_command_within_the_deadl
 #[test]
 fn a_node_whose_disk_fills_hands_its_sessions_to_the_others() -> Result<()> {
     let tmp = tempdir();
-    let small = tmp.path().join("dst3");
-    std::fs::create_dir_all(&small)?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=20m", "tmpfs", path(&small)?])
-        .status()
-        .context("mount (root is needed)")?;
-    anyhow::ensure!(
-        mounted.success(),
-        "mounting a tmpfs failed (root is needed)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let fs = Tmpfs::mount(&tmp.path().join("dst3"), "20m")?;
+    let small = fs.dir.clone();
     let mut set = Set::start(3, "disk_check_ms = 100")?;
-    set.members[2].node = None;
-    let m = &mut set.members[2];
-    let args = vec![
-        "--config".to_string(),
-        path(&m.config)?.to_string(),
-        "--dst".into(),
-        path(&small)?.to_string(),
-    ];
-    m.node = Some(Node::start_in(m.dir.clone(), args, &m.ingest)?);
-    set.wait_leader(&[])?;
-    let settings = r#"{"replication_factor":3,"pressure_used_percent":85,"pressure_min_free_bytes":1048576,"clear_used_percent":80,"full_used_percent":95}"#;
-    let out = curl(&[
-        "-sS",
-        "--fail",
-        "-H",
-        "Content-Type: application/json",
-        "--data-binary",
-        settings,
-        &format!("http://{}/api/v1/cluster/settings", set.members[0].ingest),
-    ])?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    set.restart_on_dst(2, &small)?;
+    set.use_small_disk_thresholds()?;
     std::thread::sleep(Duration::from_millis(500));
     let id = "full-disk-handoff";
     let mut recording = HEADER.as_bytes().to_vec();

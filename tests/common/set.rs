@@ -172,6 +172,44 @@ impl Set {
         Ok((code.parse()?, body.to_string()))
     }
 
+    /// Restarts member `i` with its recordings on `dst` (e.g. a small tmpfs).
+    pub fn restart_on_dst(&mut self, i: usize, dst: &Path) -> Result<()> {
+        self.members[i].node = None;
+        let m = &mut self.members[i];
+        let args = vec![
+            "--config".to_string(),
+            path(&m.config)?.to_string(),
+            "--dst".into(),
+            path(dst)?.to_string(),
+        ];
+        m.node = Some(Node::start_in(m.dir.clone(), args, &m.ingest)?);
+        self.wait_leader(&[])?;
+        Ok(())
+    }
+
+    /// Disk thresholds a 20 MiB tmpfs can cross: pressure at 85% (or < 1 MiB free),
+    /// cleared below 80%, full at 95%.
+    pub fn use_small_disk_thresholds(&self) -> Result<()> {
+        let settings = r#"{"replication_factor":3,"pressure_used_percent":85,"pressure_min_free_bytes":1048576,"clear_used_percent":80,"full_used_percent":95}"#;
+        let url = format!("http://{}/api/v1/cluster/settings", self.members[0].ingest);
+        let out = curl(&[
+            "-sS",
+            "--fail",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            settings,
+            &url,
+        ])?;
+        if !out.status.success() {
+            bail!(
+                "setting disk thresholds failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// The cluster table as node `i` has applied it, once it has `n` sessions, all sealed
     /// (followers apply commits a moment after the leader).
     pub fn sealed_sessions(&self, i: usize, n: usize) -> Result<Vec<Value>> {
@@ -235,4 +273,38 @@ pub fn write_config(root: &Path, m: &Member, initial: &str, extra: &str) -> Resu
     );
     std::fs::write(&m.config, text)?;
     Ok(())
+}
+
+/// A real, small file system for one node's dst.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                path(dir)?,
+            ])
+            .status()
+            .context("mount is needed (run as root)")?;
+        if !status.success() {
+            bail!("mounting a tmpfs failed (root is needed)");
+        }
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
 }
