@@ -237,6 +237,9 @@ fn cluster_config(
     listen: SocketAddr,
 ) -> Result<ClusterConfig, ConfigError> {
     let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
+    // Election timeouts bound failover: openraft 0.9 lets a follower campaign only after
+    // the leader lease (= election max) plus its own election timeout, so the defaults
+    // aim at a new leader within ~1.5 s after a crash on a LAN.
     let config = ClusterConfig {
         node_id: c.node_id,
         listen: c.listen,
@@ -246,9 +249,9 @@ fn cluster_config(
         cert: base.join(c.cert),
         key: base.join(c.key),
         initial_members: c.initial_members,
-        heartbeat: ms(c.heartbeat_ms, 100),
-        election_min: ms(c.election_min_ms, 800),
-        election_max: ms(c.election_max_ms, 1600),
+        heartbeat: ms(c.heartbeat_ms, 75),
+        election_min: ms(c.election_min_ms, 400),
+        election_max: ms(c.election_max_ms, 750),
         disk_check: ms(c.disk_check_ms, 1000),
         snapshot_logs: c.snapshot_logs,
         orphan_timeout: ms(c.orphan_timeout_ms, 30_000),
@@ -385,7 +388,7 @@ mod tests {
         assert_eq!(cluster.advertise_ingest, "127.0.0.1:8081");
         assert_eq!(cluster.advertise_cluster, "127.0.0.1:7001");
         assert_eq!(cluster.initial_members.len(), 2);
-        assert_eq!(cluster.heartbeat, Duration::from_millis(100));
+        assert_eq!(cluster.heartbeat, Duration::from_millis(75));
     }
 
     #[test]

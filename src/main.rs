@@ -28,6 +28,16 @@ enum Command {
     Cluster(admin::ClusterArgs),
     /// Start a local recorder set on loopback (children of this process) until Ctrl-C.
     Dev(quorumcast::dev::DevArgs),
+    /// Exit 0 if a node's /healthz answers 200, else 1 (the container image's HEALTHCHECK).
+    Healthcheck {
+        /// The node's HTTP (ingest) address.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8080",
+            env = "QUORUMCAST_HEALTHCHECK_ADDR"
+        )]
+        addr: String,
+    },
     /// Create the cluster CA and node certificates (mutual TLS between nodes).
     Certs {
         #[command(subcommand)]
@@ -84,6 +94,11 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Play(args) => client::run_play(args).await.map(|()| 0).map_err(Into::into),
         Command::Cat(args) => client::run_cat(args).map(|()| 0).map_err(Into::into),
         Command::Cluster(args) => admin::run(args).await.map(|()| 0).map_err(Into::into),
+        Command::Healthcheck { addr } => {
+            let health = admin::get(&addr, "/healthz").await?;
+            println!("{health}");
+            Ok(0)
+        }
         Command::Certs { command } => run_certs(command).map(|()| 0),
         Command::Dev(args) => quorumcast::dev::run(args)
             .await

@@ -537,3 +537,63 @@ fn a_node_whose_disk_fills_hands_its_sessions_to_the_others() -> Result<()> {
     set.members[2].node = None;
     Ok(())
 }
+
+/// Regression (found by the admission benchmark): sessions admitted by different nodes in
+/// the same second from the same SSH server got the same file name, and the replicas'
+/// copies overwrote each other. Names are now reserved set-wide through the claim.
+#[test]
+fn sessions_started_in_the_same_second_on_different_nodes_never_share_a_file() -> Result<()> {
+    let set = Set::start(3, "")?;
+    let bodies: Vec<(usize, String)> = (0..9)
+        .map(|k| (k % 3, format!("{HEADER}[0.1,\"o\",\"marker-{k}\"]\n")))
+        .collect();
+    let uploads: Vec<_> = bodies
+        .iter()
+        .map(|(node, body)| {
+            let url = format!("http://{}/v2/record", set.members[*node].ingest);
+            let body = body.clone();
+            std::thread::spawn(move || {
+                curl(&[
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "--data-binary",
+                    &body,
+                    &url,
+                ])
+            })
+        })
+        .collect();
+    for upload in uploads {
+        let out = upload
+            .join()
+            .map_err(|_| anyhow::anyhow!("upload thread panicked"))??;
+        assert!(out.status.success());
+    }
+    let table = set.sealed_sessions(0, bodies.len())?;
+    let mut markers = Vec::new();
+    for entry in &table {
+        let id = entry["id"].as_str().context("id")?;
+        let mut copies = Vec::new();
+        for i in 0..3 {
+            let record = local_copy(&set, i, id, "complete")?;
+            copies.push(
+                set.members[i]
+                    .node
+                    .as_ref()
+                    .context("node")?
+                    .read_recording(&record)?,
+            );
+        }
+        assert!(
+            copies.iter().all(|c| c == &copies[0]),
+            "copies of {id} differ"
+        );
+        let text = String::from_utf8(copies[0].clone())?;
+        assert_eq!(text.matches("marker-").count(), 1, "{id} holds {text:?}");
+        markers.push(text);
+    }
+    for (_, body) in &bodies {
+        assert!(markers.contains(body), "a recording is missing: {body}");
+    }
+    Ok(())
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 
 use super::member::Member;
+use super::state::NAME_TAKEN;
 use super::types::{ClusterSessionState, Command, CommandResponse, DiskState};
 use super::ClusterError;
 use crate::metrics as m;
@@ -69,6 +70,9 @@ impl Admission for ClusterAdmission {
                 Ok(Ok(CommandResponse::Claimed { epoch, replicas })) => {
                     Ok(Claim { epoch, replicas })
                 }
+                Ok(Ok(CommandResponse::Rejected { reason })) if reason.starts_with(NAME_TAKEN) => {
+                    Err(Refusal::NameTaken(reason))
+                }
                 Ok(Ok(CommandResponse::Rejected { reason })) => Err(Refusal::ClaimFailed(reason)),
                 Ok(Ok(other)) => Err(Refusal::ClaimFailed(format!("unexpected answer {other:?}"))),
             }
@@ -115,6 +119,10 @@ impl Admission for ClusterAdmission {
 
     fn survives_node_loss(&self) -> bool {
         true
+    }
+
+    fn name_tag(&self) -> Option<u64> {
+        Some(self.member.id)
     }
 
     fn ended(

@@ -122,12 +122,21 @@ impl PeerClient {
         request: ClusterRequest,
         option: &RPCOption,
     ) -> Result<ClusterResponse, TransportError> {
-        let response = self
+        let sent = self
             .transport
             .call(self.target, &self.addr, &request, option.hard_ttl())
-            .await?;
-        self.contacts.record(self.target);
-        Ok(response)
+            .await;
+        match &sent {
+            Ok(_) => self.contacts.record(self.target),
+            // The cached connection may lead to a process that died (a restarted peer
+            // listens on a new one): dial afresh next time instead of waiting for QUIC's
+            // idle timeout.
+            Err(TransportError::Timeout { .. } | TransportError::Connection { .. }) => {
+                self.transport.forget(self.target)
+            }
+            Err(_) => {}
+        }
+        sent
     }
 
     // The error type is openraft's own signature for these RPCs.
@@ -140,14 +149,16 @@ impl PeerClient {
     }
 }
 
-/// A transport failure: unreachable peers make openraft back off; others are retried.
+/// A transport failure. Only a failure to connect makes openraft back off (Unreachable);
+/// a slow answer (timeout) is retried at the next heartbeat, so one late reply from a
+/// healthy follower does not stall its replication for the back-off period.
 fn rpc_error<E: std::error::Error>(
     e: TransportError,
 ) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
     match e {
-        TransportError::Timeout { .. }
-        | TransportError::Connection { .. }
-        | TransportError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        TransportError::Connect { .. } | TransportError::Connection { .. } => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         other => RPCError::Network(NetworkError::new(&other)),
     }
 }

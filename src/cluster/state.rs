@@ -142,6 +142,18 @@ impl ClusterState {
         if disk != DiskState::Ok {
             return Err(format!("owner {owner} disk is {disk:?}"));
         }
+        // Every replica stores the recording at the same path: a name must be unique in
+        // the whole set, not only on the node that picked it.
+        let taken = self
+            .sessions
+            .values()
+            .any(|s| s.node_dir == entry.node_dir && s.file_name == entry.file_name);
+        if taken {
+            return Err(format!(
+                "{NAME_TAKEN}: {}/{}",
+                entry.node_dir, entry.file_name
+            ));
+        }
         entry.replicas = self.pick_replicas(owner, up, members);
         let reply = CommandResponse::Claimed {
             epoch: entry.epoch,
@@ -288,6 +300,10 @@ impl ClusterState {
 ///   least `pressure_min_free_bytes` free, else `Pressure`.
 ///
 /// A zero total (nothing usable, or a bogus measurement) is `Full`.
+/// Start of the rejection reason of a claim whose recording name another session holds;
+/// the claimant retries with the next name.
+pub const NAME_TAKEN: &str = "file name taken";
+
 pub fn classify(
     settings: &Settings,
     previous: DiskState,

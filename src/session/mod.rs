@@ -31,6 +31,9 @@ use crate::storage::{Storage, StorageError, SyncHandle};
 
 pub use self::pipeline::{Outcome, Session};
 
+/// Names tried for recordings started in the same second before a session is refused.
+const MAX_NAME_ATTEMPTS: u32 = 10_000;
+
 /// Knobs of the session layer, all documented in `quorumcast node --help`.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -74,6 +77,8 @@ pub enum Refusal {
     UnknownSession(String),
     #[error("session can't be taken: {0}")]
     Conflict(String),
+    #[error("recording name taken in the recorder set: {0}")]
+    NameTaken(String),
 }
 
 impl Refusal {
@@ -88,6 +93,7 @@ impl Refusal {
             Refusal::ClaimFailed(_) => "claim_failed",
             Refusal::UnknownSession(_) => "unknown_session",
             Refusal::Conflict(_) => "conflict",
+            Refusal::NameTaken(_) => "name_taken",
         }
     }
 }
@@ -169,6 +175,9 @@ pub trait Admission: Send + Sync + 'static {
     /// Whether a session cut short stays live for another node to continue (a recorder
     /// set) or ends here (a standalone node).
     fn survives_node_loss(&self) -> bool;
+    /// This node's tag in recording names (its node id in a set), so that suffixed names
+    /// picked by different nodes never collide.
+    fn name_tag(&self) -> Option<u64>;
 }
 
 /// A node on its own: every session is its own, epoch 1, no replicas.
@@ -213,6 +222,10 @@ impl Admission for Standalone {
 
     fn survives_node_loss(&self) -> bool {
         false
+    }
+
+    fn name_tag(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -342,20 +355,7 @@ impl SessionManager {
         permit: OwnedSemaphorePermit,
     ) -> Result<Session, Refusal> {
         let started = Utc::now();
-        let recording = self.storage.create_recording(node_dir, started).await?;
-        let request = ClaimRequest {
-            id: id.clone(),
-            node_dir: node_dir.to_string(),
-            file_name: recording.file_name().to_string(),
-            started_at_ms: started.timestamp_millis(),
-        };
-        let claim = match self.admission.claim(request).await {
-            Ok(claim) => claim,
-            Err(refusal) => {
-                self.storage.discard(recording).await;
-                return Err(refusal);
-            }
-        };
+        let (claim, recording) = self.reserve_name(&id, node_dir, started).await?;
         let mut record = SessionRecord::new_live(
             id,
             node_dir.to_string(),
@@ -373,6 +373,52 @@ impl SessionManager {
             protocol,
             Validator::new(self.config.limits),
         ))
+    }
+
+    /// Picks the recording's name and claims the session under it. Every replica stores
+    /// the recording at the same path, so the name is reserved through the claim (unique
+    /// in the set) before the file exists; names this node's files already use are
+    /// skipped, and suffixed names carry this node's tag.
+    async fn reserve_name(
+        &self,
+        id: &str,
+        node_dir: &str,
+        started: chrono::DateTime<Utc>,
+    ) -> Result<(Claim, crate::storage::RecordingFile), Refusal> {
+        let stem = crate::storage::layout::recording_stem(started);
+        let tag = self.admission.name_tag();
+        for n in 0..MAX_NAME_ATTEMPTS {
+            let name = crate::storage::layout::candidate_name(&stem, tag, n);
+            if self.storage.recording_exists(node_dir, &name).await {
+                continue;
+            }
+            let request = ClaimRequest {
+                id: id.to_string(),
+                node_dir: node_dir.to_string(),
+                file_name: name.clone(),
+                started_at_ms: started.timestamp_millis(),
+            };
+            let claim = match self.admission.claim(request).await {
+                Ok(claim) => claim,
+                Err(Refusal::NameTaken(_)) => continue,
+                Err(refusal) => return Err(refusal),
+            };
+            match self.storage.create_recording_named(node_dir, &name).await {
+                Ok(recording) => return Ok((claim, recording)),
+                // A standalone node raced itself for the name: the next one.
+                Err(StorageError::Exists(_)) if !self.admission.survives_node_loss() => continue,
+                Err(e) => {
+                    let admission = self.admission.clone();
+                    admission
+                        .ended(id.to_string(), claim.epoch, SessionState::Aborted, false)
+                        .await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(Refusal::Storage(StorageError::Exists(
+            self.storage.dst().join(node_dir).join(stem),
+        )))
     }
 
     async fn continue_here(

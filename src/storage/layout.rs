@@ -65,6 +65,31 @@ pub fn recording_stem(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// The `n`th candidate name for a recording started at `stem`: `<stem>.cast`, then
+/// `<stem>-<tag>-<n>.cast` where `tag` names the node that picks it (so two nodes of a set
+/// never pick the same suffixed name), or `<stem>-<n>.cast` on a standalone node.
+pub fn candidate_name(stem: &str, tag: Option<u64>, n: u32) -> String {
+    match (n, tag) {
+        (0, _) => format!("{stem}.cast"),
+        (n, Some(tag)) => format!("{stem}-n{tag}-{n}.cast"),
+        (n, None) => format!("{stem}-{n}.cast"),
+    }
+}
+
+/// Creates `<dir>/<name>` exclusively (fails with `AlreadyExists` if it is there), and
+/// makes its directory entry durable.
+pub fn create_new(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    sync_dir(dir)?;
+    Ok((path, file))
+}
+
 /// Creates `<dir>/<stem>.cast` (or `<stem>-N.cast` if taken) exclusively, so two sessions
 /// that start in the same second never share a file.
 pub fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(PathBuf, File)> {
@@ -156,6 +181,17 @@ mod tests {
             !evil.contains('/') && !evil.split(':').any(|p| p == ".." || p == "."),
             "{evil}"
         );
+    }
+
+    #[test]
+    fn candidate_names_of_different_nodes_never_meet_past_the_first() {
+        assert_eq!(candidate_name("T", Some(2), 0), "T.cast");
+        assert_eq!(candidate_name("T", Some(2), 1), "T-n2-1.cast");
+        assert_ne!(
+            candidate_name("T", Some(2), 1),
+            candidate_name("T", Some(3), 1)
+        );
+        assert_eq!(candidate_name("T", None, 3), "T-3.cast");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use self::commit::Committer;
 use self::index::{Index, SessionFilter, SessionRecord, SessionState};
@@ -36,6 +36,8 @@ pub enum StorageError {
     Index(String),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("{0} already exists")]
+    Exists(PathBuf),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -197,19 +199,30 @@ impl Storage {
         })
     }
 
-    /// Creates a new, empty recording for `node_dir` (already sanitized).
-    pub async fn create_recording(
+    /// Whether `<dst>/<node_dir>/<name>` exists (a name to skip when picking one).
+    pub async fn recording_exists(&self, node_dir: &str, name: &str) -> bool {
+        let path = self.dst.join(node_dir).join(name);
+        tokio::fs::try_exists(&path).await.unwrap_or(true)
+    }
+
+    /// Creates the recording `<dst>/<node_dir>/<name>` exclusively (the name was reserved
+    /// through the recorder set, or is only ever picked by this node).
+    pub async fn create_recording_named(
         &self,
         node_dir: &str,
-        started: DateTime<Utc>,
+        name: &str,
     ) -> Result<RecordingFile, StorageError> {
         let dir = self.dst.join(node_dir);
-        let stem = layout::recording_stem(started);
-        let node_dir = node_dir.to_string();
-        let (path, file) = tokio::task::spawn_blocking(move || {
-            layout::create_unique(&dir, &stem, "cast").map_err(io_at(&dir))
-        })
-        .await??;
+        let path = dir.join(name);
+        let name = name.to_string();
+        let created = tokio::task::spawn_blocking(move || layout::create_new(&dir, &name)).await?;
+        let (path, file) = match created {
+            Ok(created) => created,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StorageError::Exists(path))
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -220,17 +233,6 @@ impl Storage {
             rel_path: format!("{node_dir}/{name}"),
             written: 0,
         })
-    }
-
-    /// Removes a recording that was never admitted (the recorder set refused it). Best
-    /// effort: an empty file left behind is harmless and not indexed.
-    pub async fn discard(&self, recording: RecordingFile) {
-        let path = recording.path.clone();
-        drop(recording);
-        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
-        if let Ok(Err(e)) = removed {
-            tracing::debug!(error = %e, "cannot remove a refused recording's empty file");
-        }
     }
 
     /// Returns once everything appended to the recording before this call is on stable storage.

@@ -15,7 +15,7 @@ fn claim(id: &str, owner: NodeId, up: &[NodeId]) -> Command {
         id: id.into(),
         owner,
         node_dir: "100.64.0.1".into(),
-        file_name: "2026-01-01T00:00:00Z.cast".into(),
+        file_name: format!("2026-01-01T00:00:00Z-{id}.cast"),
         started_at_ms: 0,
         up: up.to_vec(),
     }
@@ -470,5 +470,35 @@ proptest! {
         if classify(&s, DiskState::Ok, free, total) == DiskState::Pressure {
             prop_assert!(!below(s.pressure_used_percent) || free < s.pressure_min_free_bytes);
         }
+    }
+}
+
+#[test]
+fn a_recording_name_is_unique_across_the_set() {
+    let m = members(&[1, 2, 3]);
+    let mut st = ClusterState::default();
+    claimed(st.apply(&claim("a", 1, &[1, 2, 3]), &m));
+    let mut same_name = claim("b", 2, &[1, 2, 3]);
+    if let Command::ClaimSession {
+        file_name,
+        node_dir,
+        ..
+    } = &mut same_name
+    {
+        // claim() names files after the session id; give b the name a has.
+        *file_name = match st.session("a") {
+            Some(a) => a.file_name.clone(),
+            None => String::new(),
+        };
+        *node_dir = st
+            .session("a")
+            .map(|a| a.node_dir.clone())
+            .unwrap_or_default();
+    }
+    match st.apply(&same_name, &m) {
+        CommandResponse::Rejected { reason } => {
+            assert!(reason.starts_with(super::NAME_TAKEN), "{reason}")
+        }
+        other => panic!("claimed a taken name: {other:?}"),
     }
 }
