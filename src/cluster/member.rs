@@ -57,7 +57,20 @@ pub struct Member {
     local_disk: tokio::sync::watch::Sender<DiskState>,
     /// Membership changes one at a time (openraft has panicked under rapid churn).
     membership_lock: tokio::sync::Mutex<()>,
+    /// Proposals waiting for the batcher (bound: [`PROPOSAL_QUEUE`]; senders wait).
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
 }
+
+/// One command waiting to be proposed, and where its answer goes.
+struct Proposal {
+    command: Command,
+    reply: tokio::sync::oneshot::Sender<Result<CommandResponse, ClusterError>>,
+}
+
+/// Proposals queued on this node; more wait (back-pressure) rather than grow memory.
+const PROPOSAL_QUEUE: usize = 4096;
+/// Most commands in one Raft log entry.
+const MAX_BATCH: usize = 256;
 
 /// What `cluster status` shows.
 #[derive(Debug, Serialize)]
@@ -105,6 +118,7 @@ impl Member {
         let transport = Arc::new(Transport::bind(config.listen, tls, config.node_id)?);
         let (log_store, sm_store) = store::open(statedir).await?;
         let state = sm_store.reader();
+        let (proposals, proposals_rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
         let copies = Copies::new(
             storage.clone(),
             state.clone(),
@@ -136,7 +150,9 @@ impl Member {
             config,
             local_disk: tokio::sync::watch::Sender::new(DiskState::Ok),
             membership_lock: tokio::sync::Mutex::new(()),
+            proposals,
         });
+        tracker.spawn(batcher(member.clone(), proposals_rx, shutdown.clone()));
         let handler = RpcServer(member.clone());
         let streams = ReplicaStreams { copies, storage };
         let serve_cancel = shutdown.clone();
@@ -194,8 +210,20 @@ impl Member {
     }
 
     /// Proposes `command` through Raft: here if this node leads, else at the leader.
+    /// Commands proposed concurrently share one log entry (see [`batcher`]): openraft
+    /// 0.9 appends and fsyncs each entry on its own.
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, ClusterError> {
-        tokio::time::timeout(PROPOSE_TIMEOUT, self.propose_unbounded(command))
+        let ask = async {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.proposals
+                .send(Proposal { command, reply })
+                .await
+                .map_err(|_| ClusterError::Raft("proposal batcher stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| ClusterError::Raft("proposal batcher dropped the proposal".into()))?
+        };
+        tokio::time::timeout(PROPOSE_TIMEOUT, ask)
             .await
             .map_err(|_| ClusterError::NoQuorum("proposal timed out".into()))?
     }
@@ -289,6 +317,9 @@ impl Member {
                 from_epoch,
                 up: up(),
             },
+            Command::Batch(commands) => {
+                Command::Batch(commands.into_iter().map(|c| self.fill_up(c)).collect())
+            }
             other => other,
         }
     }
@@ -483,6 +514,90 @@ impl Member {
         });
         sessions.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then(a.id.cmp(&b.id)));
         sessions
+    }
+}
+
+/// Proposes queued commands, all that are waiting at once as one log entry, one entry
+/// at a time: group commit for Raft. Batches forwarded by followers are flattened in.
+async fn batcher(
+    member: Arc<Member>,
+    mut queue: tokio::sync::mpsc::Receiver<Proposal>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = queue.recv() => match next {
+                Some(proposal) => proposal,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(proposal) => batch.push(proposal),
+                Err(_) => break,
+            }
+        }
+        propose_batch(&member, batch).await;
+    }
+}
+
+async fn propose_batch(member: &Member, batch: Vec<Proposal>) {
+    let mut sizes = Vec::with_capacity(batch.len());
+    let mut commands = Vec::new();
+    for proposal in &batch {
+        match &proposal.command {
+            Command::Batch(inner) => {
+                sizes.push(Some(inner.len()));
+                commands.extend(inner.iter().cloned());
+            }
+            single => {
+                sizes.push(None);
+                commands.push(single.clone());
+            }
+        }
+    }
+    let command = match (commands.len(), sizes.as_slice()) {
+        (1, [None]) => commands.remove(0),
+        _ => Command::Batch(commands),
+    };
+    let result = tokio::time::timeout(PROPOSE_TIMEOUT, member.propose_unbounded(command))
+        .await
+        .unwrap_or_else(|_| Err(ClusterError::NoQuorum("proposal timed out".into())));
+    answer_batch(batch, sizes, result);
+}
+
+/// Hands each waiting proposal its own answer out of the batch's.
+fn answer_batch(
+    batch: Vec<Proposal>,
+    sizes: Vec<Option<usize>>,
+    result: Result<CommandResponse, ClusterError>,
+) {
+    let mut answers = match result {
+        Ok(CommandResponse::Batch(answers)) if !matches!(sizes.as_slice(), [None]) => {
+            answers.into_iter()
+        }
+        Ok(single) => vec![single].into_iter(),
+        Err(e) => {
+            let shared = |e: &ClusterError| match e {
+                ClusterError::NoQuorum(reason) => ClusterError::NoQuorum(reason.clone()),
+                other => ClusterError::Raft(other.to_string()),
+            };
+            for proposal in batch {
+                let _ = proposal.reply.send(Err(shared(&e)));
+            }
+            return;
+        }
+    };
+    for (proposal, size) in batch.into_iter().zip(sizes) {
+        let answer = match size {
+            None => answers.next(),
+            Some(k) => Some(CommandResponse::Batch(answers.by_ref().take(k).collect())),
+        };
+        let answer = answer.ok_or_else(|| ClusterError::Raft("batch answer is short".into()));
+        // The proposer may have timed out and gone; nothing to do then.
+        let _ = proposal.reply.send(answer);
     }
 }
 

@@ -34,6 +34,18 @@ impl ClusterState {
     /// Applies one committed command. `members` are the voters and learners of the
     /// membership in effect at this log position. A rejected command changes nothing.
     pub fn apply(&mut self, cmd: &Command, members: &BTreeSet<NodeId>) -> CommandResponse {
+        if let Command::Batch(commands) = cmd {
+            let answers = commands
+                .iter()
+                .map(|c| match c {
+                    Command::Batch(_) => CommandResponse::Rejected {
+                        reason: "nested batch".into(),
+                    },
+                    c => self.apply(c, members),
+                })
+                .collect();
+            return CommandResponse::Batch(answers);
+        }
         let outcome = match cmd {
             Command::ReportDisk { node, report } => self.report_disk(*node, report, members),
             Command::ClaimSession {
@@ -65,6 +77,7 @@ impl ClusterState {
             } => self.take_over(id, *new_owner, *from_epoch, up, members),
             Command::EndSession { id, state, epoch } => self.end(id, *state, *epoch),
             Command::SetSettings(settings) => self.set_settings(settings),
+            Command::Batch(_) => Err("unreachable: batches are applied above".into()),
         };
         outcome.unwrap_or_else(|reason| CommandResponse::Rejected { reason })
     }

@@ -194,6 +194,9 @@ pub enum Command {
         epoch: u64,
     },
     SetSettings(Settings),
+    /// Several commands in one log entry, applied in order, each on its own (one may be
+    /// rejected while the others apply). How concurrent claims and ends share one fsync.
+    Batch(Vec<Command>),
 }
 
 /// The state machine's answer to one [`Command`] (or to a blank/membership entry: `Ok`).
@@ -209,4 +212,6 @@ pub enum CommandResponse {
     Rejected {
         reason: String,
     },
+    /// One answer per command of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResponse>),
 }

@@ -502,3 +502,24 @@ fn a_recording_name_is_unique_across_the_set() {
         other => panic!("claimed a taken name: {other:?}"),
     }
 }
+
+#[test]
+fn a_batch_applies_each_command_on_its_own() {
+    let m = members(&[1, 2, 3]);
+    let mut st = ClusterState::default();
+    let batch = Command::Batch(vec![
+        claim("a", 1, &[1, 2, 3]),
+        claim("a", 2, &[1, 2, 3]),
+        claim("b", 2, &[1, 2, 3]),
+        Command::Batch(vec![]),
+    ]);
+    let CommandResponse::Batch(answers) = st.apply(&batch, &m) else {
+        panic!("a batch answers with a batch");
+    };
+    assert_eq!(answers.len(), 4);
+    assert!(matches!(answers[0], CommandResponse::Claimed { .. }));
+    assert!(is_rejected(&answers[1]), "duplicate id in the same batch");
+    assert!(matches!(answers[2], CommandResponse::Claimed { .. }));
+    assert!(is_rejected(&answers[3]), "no nesting");
+    assert_eq!(st.sessions.len(), 2);
+}
