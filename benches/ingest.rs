@@ -185,7 +185,10 @@ async fn run(o: Options) -> Result<()> {
     machine.print(&o, work.path());
     let corpus = Arc::new(Corpus::generate(o.seed, 32 * MIB as usize, o.chunk_bytes));
 
-    let mut node = Node::start(&work.path().join("node-a"), &o.node_log)?;
+    // A private copy: a rebuild in the shared target dir during the run can't swap it.
+    let bin = work.path().join("quorumcast");
+    std::fs::copy(NODE_BIN, &bin).with_context(|| format!("copy {NODE_BIN}"))?;
+    let mut node = Node::start(&bin, &work.path().join("node-a"), &o.node_log)?;
     progress(&format!("node pid {} on {}", node.pid(), node.addr));
     warm_up(&node, &corpus, &o).await?;
     let bulk = bulk_rows(&node, &corpus, &o, work.path()).await?;
@@ -194,7 +197,7 @@ async fn run(o: Options) -> Result<()> {
     node.stop()?;
 
     // A fresh node, so that memory freed by the bulk rows does not hide the idle sessions' cost.
-    let mut idle_node = Node::start(&work.path().join("node-b"), &o.node_log)?;
+    let mut idle_node = Node::start(&bin, &work.path().join("node-b"), &o.node_log)?;
     let idle = idle_rss(&idle_node, &o).await?;
     idle_node.stop()?;
 
@@ -931,10 +934,11 @@ struct Node {
 }
 
 impl Node {
-    fn start(dir: &Path, log_filter: &str) -> Result<Node> {
+    /// Starts `bin node` with its dst under `dir`, logging to `dir/node.log`.
+    fn start(bin: &Path, dir: &Path, log_filter: &str) -> Result<Node> {
         std::fs::create_dir_all(dir)?;
         let log = std::fs::File::create(dir.join("node.log"))?;
-        let mut command = Command::new(NODE_BIN);
+        let mut command = Command::new(bin);
         command
             .args([
                 "node",
@@ -958,7 +962,7 @@ impl Node {
         }
         let mut child = command
             .spawn()
-            .with_context(|| format!("spawn {NODE_BIN}"))?;
+            .with_context(|| format!("spawn {}", bin.display()))?;
         let stdout = child.stdout.take().context("node stdout")?;
         let mut node = Node {
             child,
@@ -1544,7 +1548,7 @@ impl Machine {
             println!("  WARNING   dst is tmpfs: nothing here reaches a disk; use --dst-root");
         }
         println!(
-            "  node      {NODE_BIN} (bench profile = release), RUST_LOG={}, default flags",
+            "  node      {NODE_BIN} (bench profile = release; run as a copy), RUST_LOG={}, default flags, no cluster",
             o.node_log
         );
         println!(
