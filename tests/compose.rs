@@ -21,7 +21,6 @@ use common::set::run;
 use common::*;
 use serde_json::Value;
 
-const IMAGE: &str = "quorumcast:compose-test";
 const LOCAL_BASE: &str = "quorumcast-base:bookworm";
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
@@ -44,6 +43,10 @@ fn output_text(out: &Output) -> String {
 /// One compose project: its environment, and `down.sh --volumes` when dropped.
 struct Project {
     name: String,
+    /// The node image this run builds (removed at the end).
+    image: String,
+    /// docker-compose, or `docker compose`.
+    compose: Vec<&'static str>,
     env: Vec<(&'static str, String)>,
     _certs: tempfile::TempDir,
     started: Instant,
@@ -52,10 +55,11 @@ struct Project {
 impl Project {
     fn new() -> Result<Project> {
         let name = format!("qctest{}", std::process::id());
+        let image = format!("quorumcast:compose-test-{}", std::process::id());
         let certs = tempdir();
         let env = vec![
             ("COMPOSE_PROJECT_NAME", name.clone()),
-            ("QUORUMCAST_IMAGE", IMAGE.to_string()),
+            ("QUORUMCAST_IMAGE", image.clone()),
             ("QUORUMCAST_BASE", LOCAL_BASE.to_string()),
             (
                 "QUORUMCAST_CERTS",
@@ -70,6 +74,8 @@ impl Project {
         ];
         Ok(Project {
             name,
+            image,
+            compose: compose_command()?,
             env,
             _certs: certs,
             started: Instant::now(),
@@ -107,17 +113,9 @@ impl Project {
 
     /// docker-compose (v1), or the `docker compose` plugin where that is what is installed.
     fn compose(&self, args: &[&str]) -> Result<String> {
-        if Command::new("docker-compose")
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            self.run("docker-compose", args)
-        } else {
-            let mut all = vec!["compose"];
-            all.extend_from_slice(args);
-            self.run("docker", &all)
-        }
+        let mut all: Vec<&str> = self.compose[1..].to_vec();
+        all.extend_from_slice(args);
+        self.run(self.compose[0], &all)
     }
 
     fn container(&self, service: &str) -> Result<String> {
@@ -147,7 +145,43 @@ impl Drop for Project {
         if let Err(e) = self.down() {
             eprintln!("tearing down compose project {}: {e:#}", self.name);
         }
+        // Removes it (only the tag while another tag names the same image).
+        let _ = self.run("docker", &["rmi", &self.image]);
     }
+}
+
+/// docker-compose (v1, what up.sh prefers), else the `docker compose` plugin; as root with apt
+/// and neither, installs Debian's docker-compose the way .ci/run installs the tests' tools.
+fn compose_command() -> Result<Vec<&'static str>> {
+    let works = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works("docker-compose", &["version"]) {
+        return Ok(vec!["docker-compose"]);
+    }
+    if works("docker", &["compose", "version"]) {
+        return Ok(vec!["docker", "compose"]);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && works("apt-get", &["--version"]) {
+        let install = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && apt-get install -y -qq docker-compose",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()?;
+        ensure!(
+            install.status.success(),
+            "apt-get install docker-compose: {}",
+            output_text(&install)
+        );
+        return Ok(vec!["docker-compose"]);
+    }
+    bail!("neither docker-compose nor `docker compose` is installed")
 }
 
 fn path(p: &Path) -> Result<&str> {
@@ -204,7 +238,7 @@ fn exercise(project: &Project) -> Result<()> {
     let build = repo().join("scripts/docker-build");
     project.run(
         path(&build)?,
-        &["--offline", "--binary", BIN, "--tag", IMAGE],
+        &["--offline", "--binary", BIN, "--tag", &project.image],
     )?;
 
     project.log("up.sh");
