@@ -58,6 +58,7 @@ usage: cargo bench --bench ingest [-- OPTIONS]
   --idle-sessions N       idle v2 sessions for the RSS measurement (1000)
   --dst-root DIR          where the temp dir (node --dst, limit file) goes (/var/tmp)
   --node-log FILTER       RUST_LOG of the node (info, the default of the binary)
+  --node-bin PATH         measure this quorumcast binary instead of the one cargo built
   --client-threads N      tokio worker threads of the load generator (1)
   --seed N                seed of the content generator (42)";
 
@@ -74,6 +75,7 @@ struct Options {
     idle_sessions: usize,
     dst_root: PathBuf,
     node_log: String,
+    node_bin: PathBuf,
     client_threads: usize,
     seed: u64,
 }
@@ -92,6 +94,7 @@ impl Options {
             idle_sessions: 1000,
             dst_root: PathBuf::from("/var/tmp"),
             node_log: "info".into(),
+            node_bin: PathBuf::from(NODE_BIN),
             client_threads: 1,
             seed: 42,
         };
@@ -125,6 +128,7 @@ impl Options {
                 "--idle-sessions" => o.idle_sessions = value()?.parse()?,
                 "--dst-root" => o.dst_root = PathBuf::from(value()?),
                 "--node-log" => o.node_log = value()?,
+                "--node-bin" => o.node_bin = PathBuf::from(value()?),
                 "--client-threads" => o.client_threads = value()?.parse()?,
                 "--seed" => o.seed = value()?.parse()?,
                 "--help" | "-h" => {
@@ -187,7 +191,7 @@ async fn run(o: Options) -> Result<()> {
 
     // A private copy: a rebuild in the shared target dir during the run can't swap it.
     let bin = work.path().join("quorumcast");
-    std::fs::copy(NODE_BIN, &bin).with_context(|| format!("copy {NODE_BIN}"))?;
+    std::fs::copy(&o.node_bin, &bin).with_context(|| format!("copy {}", o.node_bin.display()))?;
     let mut node = Node::start(&bin, &work.path().join("node-a"), &o.node_log)?;
     progress(&format!("node pid {} on {}", node.pid(), node.addr));
     warm_up(&node, &corpus, &o).await?;
@@ -1547,8 +1551,14 @@ impl Machine {
         if self.fs_type == "tmpfs" {
             println!("  WARNING   dst is tmpfs: nothing here reaches a disk; use --dst-root");
         }
+        let built = if o.node_bin == Path::new(NODE_BIN) {
+            "built by cargo bench (bench profile = release), "
+        } else {
+            ""
+        };
         println!(
-            "  node      {NODE_BIN} (bench profile = release; run as a copy), RUST_LOG={}, default flags, no cluster",
+            "  node      {} ({built}run as a copy), RUST_LOG={}, default flags, no cluster",
+            o.node_bin.display(),
             o.node_log
         );
         println!(
