@@ -71,6 +71,11 @@ struct Proposal {
 const PROPOSAL_QUEUE: usize = 4096;
 /// Most commands in one Raft log entry.
 const MAX_BATCH: usize = 256;
+/// Batches in flight at once: one stuck on a dead leader must not hold up the rest.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// A forwarded proposal the leader doesn't answer in this long is retried at the leader
+/// Raft then names (a healthy leader answers in milliseconds).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What `cluster status` shows.
 #[derive(Debug, Serialize)]
@@ -152,7 +157,12 @@ impl Member {
             membership_lock: tokio::sync::Mutex::new(()),
             proposals,
         });
-        tracker.spawn(batcher(member.clone(), proposals_rx, shutdown.clone()));
+        tracker.spawn(batcher(
+            member.clone(),
+            proposals_rx,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
         let handler = RpcServer(member.clone());
         let streams = ReplicaStreams { copies, storage };
         let serve_cancel = shutdown.clone();
@@ -263,7 +273,7 @@ impl Member {
         let request = ClusterRequest::Propose(command);
         match self
             .transport
-            .call(leader, &node.cluster_addr, &request, PROPOSE_TIMEOUT)
+            .call(leader, &node.cluster_addr, &request, FORWARD_TIMEOUT)
             .await?
         {
             ClusterResponse::Propose(Ok(response)) => Ok(response),
@@ -523,7 +533,9 @@ async fn batcher(
     member: Arc<Member>,
     mut queue: tokio::sync::mpsc::Receiver<Proposal>,
     shutdown: CancellationToken,
+    tracker: TaskTracker,
 ) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -532,6 +544,9 @@ async fn batcher(
                 None => return,
             },
         };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -539,7 +554,11 @@ async fn batcher(
                 Err(_) => break,
             }
         }
-        propose_batch(&member, batch).await;
+        let member = member.clone();
+        tracker.spawn(async move {
+            propose_batch(&member, batch).await;
+            drop(permit);
+        });
     }
 }
 
