@@ -26,8 +26,10 @@ use self::owner::OwnerStreams;
 use crate::session::Replicator;
 use crate::storage::index::SessionState;
 
-/// How long sealing waits for the replicas' confirmations.
+/// How long sealing waits for a majority of the replicas to confirm.
 pub const SEAL_WAIT: Duration = Duration::from_secs(10);
+/// How long the remaining replicas may still catch up and seal after a majority did.
+pub const SEAL_STRAGGLERS: Duration = Duration::from_secs(15);
 
 /// A live session's replication, as its pipeline sees it.
 pub struct SessionReplication {
@@ -49,8 +51,11 @@ impl Replicator for SessionReplication {
         self.streams.deposed()
     }
 
+    /// Waits (bounded) for a majority of the set to confirm the seal; the remaining
+    /// replicas get [`SEAL_STRAGGLERS`] more in the background (see `OwnerStreams`'s drop),
+    /// so a dead replica never holds the client's final answer.
     fn seal(&self, len: u64, state: SessionState) -> BoxFuture<'_, usize> {
-        let others = self.set_size.saturating_sub(1);
-        Box::pin(self.streams.seal(len, state, others, SEAL_WAIT))
+        let majority_others = self.set_size / 2;
+        Box::pin(self.streams.seal(len, state, majority_others, SEAL_WAIT))
     }
 }

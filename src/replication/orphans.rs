@@ -36,6 +36,11 @@ pub async fn sweep(
             _ = tick.tick() => {}
         }
         for id in due(&member, &copies, &sessions, &mut suspected, timeout) {
+            // This node's view (no replication stream) is not proof: ask the owner itself.
+            if owner_still_streams(&member, &id).await {
+                suspected.remove(&id);
+                continue;
+            }
             adopt(&sessions, &id).await;
             suspected.remove(&id);
         }
@@ -85,6 +90,34 @@ fn due(
         }
     }
     due
+}
+
+/// How long the owner has to answer whether it still streams a session.
+const OWNER_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the session's owner (another node) answers that the session is live on it.
+/// Unreachable or not live: the session is an orphan.
+async fn owner_still_streams(member: &Member, id: &str) -> bool {
+    let owner = member.state.read(|s| s.session(id).map(|e| e.owner));
+    let Some(owner) = owner.filter(|o| *o != member.id) else {
+        return false;
+    };
+    let Some(addr) = member.members().get(&owner).map(|n| n.ingest_addr.clone()) else {
+        return false;
+    };
+    let asked = tokio::time::timeout(
+        OWNER_CHECK_TIMEOUT,
+        crate::admin::get(&addr, "/api/v1/sessions?state=live"),
+    )
+    .await;
+    let live = match asked {
+        Ok(Ok(serde_json::Value::Array(records))) => records.iter().any(|r| r["id"] == id),
+        _ => false,
+    };
+    if live {
+        tracing::debug!(%id, owner, "owner still streams the session; not an orphan");
+    }
+    live
 }
 
 async fn adopt(sessions: &Arc<SessionManager>, id: &str) {

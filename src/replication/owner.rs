@@ -41,6 +41,8 @@ pub struct OwnerStreams {
     seal: watch::Sender<Option<(u64, SessionState)>>,
     deposed: CancellationToken,
     stop: CancellationToken,
+    /// How many replicas this owner streams to.
+    targets: usize,
 }
 
 impl OwnerStreams {
@@ -64,6 +66,7 @@ impl OwnerStreams {
             seal,
             deposed: deposed.clone(),
             stop: stop.clone(),
+            targets: targets.len(),
         };
         let shared = Arc::new(Shared {
             transport,
@@ -114,8 +117,24 @@ impl OwnerStreams {
 }
 
 impl Drop for OwnerStreams {
+    /// Once a seal was asked for, the streams to replicas that have not confirmed it keep
+    /// going for a while (catching up, then sealing) before they stop.
     fn drop(&mut self) {
-        self.stop.cancel();
+        let sealing = self.seal.borrow().is_some();
+        let targets = self.targets;
+        let all_sealed = self.sealed.borrow().len() >= targets;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if sealing && !all_sealed => {
+                let stop = self.stop.clone();
+                let mut sealed = self.sealed.clone();
+                runtime.spawn(async move {
+                    let wait = sealed.wait_for(|s| s.len() >= targets);
+                    let _ = tokio::time::timeout(super::SEAL_STRAGGLERS, wait).await;
+                    stop.cancel();
+                });
+            }
+            _ => self.stop.cancel(),
+        }
     }
 }
 
@@ -168,6 +187,9 @@ impl ReplicaTask {
                 Err(e) => {
                     tracing::debug!(session = %self.shared.open.session, replica = self.target.id, error = %e,
                         "replication stream broke; retrying");
+                    // The cached connection may lead to a replica process that died: dial
+                    // afresh instead of waiting for QUIC's idle timeout.
+                    self.shared.transport.forget(self.target.id);
                 }
             }
             tokio::select! {
