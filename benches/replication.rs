@@ -726,7 +726,7 @@ struct Round {
     rejoin: Duration,
 }
 
-/// `kills` rounds; round r kills node r mod 3, which owns that round's session.
+/// `kills` rounds; each kills the node that owns that round's session (see [`pick_target`]).
 async fn failovers(set: &mut RecorderSet, corpus: &Corpus, o: &Options) -> Result<FailoverResult> {
     let mut result = FailoverResult {
         rounds: Vec::new(),
@@ -765,7 +765,8 @@ fn describe_round(round: usize, r: &Round) -> String {
     )
 }
 
-/// One round: a resumable session on node `round mod 3` (its owner), a line every 20 ms;
+/// One round: a resumable session on the round's target node (its owner, see
+/// [`pick_target`]), a line every 20 ms;
 /// after 1 s the owner is killed with SIGKILL; the client fails over and goes on; then it
 /// ends the recording, the sealed recording on the new owner is compared with the
 /// client's bytes, and the killed node is restarted until the set is healthy again.
@@ -775,8 +776,7 @@ async fn failover_round(
     round: usize,
     seed: u64,
 ) -> Result<Round> {
-    let target = round % NODES;
-    set.wait_healthy().await?;
+    let target = pick_target(round, set.wait_healthy().await?);
     let id = format!("failover-{seed}-r{round:04}");
     let mut rec = Recording::new(corpus, 30_000 + round);
     let mut stream =
@@ -821,6 +821,16 @@ async fn failover_round(
         ending,
         rejoin: restarted.elapsed(),
     })
+}
+
+/// Round r kills the Raft leader when r mod 3 = 0, else a follower (the two take turns):
+/// a third of the kills hit the leader, as for sessions spread evenly over the nodes.
+fn pick_target(round: usize, leader: usize) -> usize {
+    let followers: Vec<usize> = (0..NODES).filter(|&i| i != leader).collect();
+    match round % 3 {
+        0 => leader,
+        k => followers[(round / 3 + k) % followers.len()],
+    }
 }
 
 /// The client side of one resumable session: every byte it produced, in order (a real
@@ -2823,9 +2833,10 @@ fn sum_usage(a: &Usage, b: &Usage) -> Usage {
 fn print_failover(result: &FailoverResult) -> Vec<Goal> {
     println!(
         "
-2. Failover: {kills} kills (RF3). Each round: a resumable session (Quorumcast-Session) on node
-   r mod 3, its owner, one ~200-byte line every {every} ms; after {before} s SIGKILL to that node.
-   The client keeps producing, reconnects at once with Quorumcast-Resume: <last ack> to the
+2. Failover: {kills} kills (RF3). Round r: a resumable session (Quorumcast-Session) on the
+   Raft leader when r mod 3 = 0, else on a follower (the two take turns), so a third of the
+   kills hit the leader; one ~200-byte line every {every} ms; after {before} s SIGKILL to the
+   session's owner (the node the client talks to). The client keeps producing, reconnects at once with Quorumcast-Resume: <last ack> to the
    other nodes in order (failed node last, {pause} ms pause after a fruitless pass), resends
    from the Quorumcast-Resume-Offset, goes on {after} ms, ends the recording. Failover time:
    kill(2) -> first ack frame covering a byte sent after the kill. Then the sealed recording
