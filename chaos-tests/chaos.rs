@@ -294,6 +294,7 @@ fn run_scenario(sc: Scenario, opts: &Opts, bin: &Path, harness: &Path) -> Result
         problems.push(format!(
             "set did not recover after the faults were undone: {e:#}"
         ));
+        problems.extend(cluster.diagnose_unresponsive(&dir));
     }
     let ids: Vec<String> = clients
         .iter()

@@ -407,28 +407,27 @@ fn whole_restart(c: &mut Ctx) {
     c.at(FIRST_FAULT_MS + 2_000, 3_000);
     let nodes: Vec<u64> = (1..=c.n()).collect();
     let hard = c.rng.chance(50);
+    let cause = if hard {
+        "kill -9"
+    } else {
+        "SIGTERM (whole set)"
+    };
     for v in &nodes {
-        if hard {
-            c.kill(*v);
-            continue;
-        }
-        c.down(*v, "kill -9");
-        let problem = c
-            .cluster
-            .lock()
-            .ok()
-            .and_then(|mut cl| cl.terminate(*v, Duration::from_secs(15)));
-        if let Some(p) = problem {
-            c.problems.push(p);
-        }
+        c.down(*v, cause);
     }
-    c.note(format!(
-        "whole set stopped ({})",
-        if hard { "kill -9" } else { "SIGTERM" }
-    ));
+    let problems = c.cluster.lock().map(|mut cl| {
+        if hard {
+            nodes.iter().for_each(|v| cl.kill9(*v));
+            Vec::new()
+        } else {
+            cl.terminate_all(&nodes, Duration::from_secs(15))
+        }
+    });
+    c.problems.extend(problems.unwrap_or_default());
+    c.note(format!("whole set stopped ({cause})"));
     c.pause(2_000, 4_000);
     for v in &nodes {
-        c.restart(*v, "kill -9");
+        c.restart(*v, cause);
     }
     c.wait_healthy(Duration::from_secs(40));
 }

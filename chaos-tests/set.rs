@@ -150,17 +150,34 @@ impl Cluster {
     /// SIGTERM (graceful stop: hands sessions off), reaped within `limit`, else SIGKILL.
     /// Returns a problem description if it did not exit 0 in time.
     pub fn terminate(&mut self, id: u64, limit: Duration) -> Option<String> {
-        self.signal(id, libc::SIGCONT);
-        self.signal(id, libc::SIGTERM);
-        let node = self.node_mut(id);
-        let mut child = node.child.take()?;
-        match util::wait_for(&mut child, limit) {
-            Ok(Some(status)) if status.success() => None,
-            Ok(Some(status)) => Some(format!("node {id} exited with {status} after SIGTERM")),
-            _ => Some(format!(
-                "node {id} did not exit within {limit:?} of SIGTERM (killed)"
-            )),
+        self.terminate_all(&[id], limit).pop()
+    }
+
+    /// SIGTERM to every node in `ids` at once, then reaps each within one shared `limit`
+    /// (SIGKILL past it). One problem description per node that did not exit 0 in time.
+    pub fn terminate_all(&mut self, ids: &[u64], limit: Duration) -> Vec<String> {
+        for id in ids {
+            self.signal(*id, libc::SIGCONT);
+            self.signal(*id, libc::SIGTERM);
         }
+        let deadline = std::time::Instant::now() + limit;
+        let mut problems = Vec::new();
+        for id in ids {
+            let Some(mut child) = self.node_mut(*id).child.take() else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match util::wait_for(&mut child, left) {
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => {
+                    problems.push(format!("node {id} exited with {status} after SIGTERM"))
+                }
+                _ => problems.push(format!(
+                    "node {id} did not exit within {limit:?} of SIGTERM (killed)"
+                )),
+            }
+        }
+        problems
     }
 
     /// Reaps nodes that exited on their own; each is recorded once, and returned.
@@ -285,6 +302,49 @@ impl Cluster {
 
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.node(id).log.clone()
+    }
+}
+
+impl Cluster {
+    /// For each running node that doesn't answer `/healthz` within 2 s: its process state and
+    /// every thread's backtrace (gdb, bounded) in `<dir>/nodeN.stacks.txt`. One line per node.
+    pub fn diagnose_unresponsive(&self, dir: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.running()) {
+            if http_get(&node.ingest, "/healthz", Duration::from_secs(2)).is_ok() {
+                continue;
+            }
+            let Some(pid) = node.pid() else { continue };
+            let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("State: ?")
+                .to_string();
+            let out = dir.join(format!("node{}.stacks.txt", node.id));
+            let stacks = run_for(
+                Command::new("gdb").args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "info threads",
+                    "-ex",
+                    "thread apply all bt",
+                ]),
+                Duration::from_secs(90),
+            );
+            let text = match stacks {
+                Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+                Err(e) => format!("gdb failed: {e:#}"),
+            };
+            let _ = std::fs::write(&out, format!("{state}\n\n{text}"));
+            found.push(format!(
+                "node {} (pid {pid}, {}) does not answer /healthz within 2 s; thread backtraces in {}",
+                node.id, state.trim(), out.display()
+            ));
+        }
+        found
     }
 }
 

@@ -175,9 +175,18 @@ pub fn http_get(addr: &str, path: &str, limit: Duration) -> Result<(u16, Vec<u8>
             bail!("GET {addr}{path} timed out");
         }
         stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf)? {
-            0 => break,
-            n => raw.extend_from_slice(&buf[..n]),
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!("GET {addr}{path}: no complete answer within {limit:?}")
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     let split = raw
