@@ -49,7 +49,7 @@ usage: cargo bench --bench ingest [-- OPTIONS]
   --quick                 small run: 64 MiB per bulk row, 1 run, 3 s paced, 200 idle sessions
   --total-mib N           bytes per bulk row, split evenly over its streams (default 1024)
   --streams A,B,..        concurrency levels of the bulk rows (default 1,16,256)
-  --runs N                limit + recorder measurements per bulk row; medians shown (3)
+  --runs N                rounds over all bulk rows, each a limit + recorder run per row (3)
   --max-conns N           h2 connections per bulk row; streams beyond are multiplexed (64)
   --chunk-kib N           body chunk size handed to the h2 client, whole lines (16)
   --paced-streams N       paced streams for ack latency (16)
@@ -198,12 +198,12 @@ async fn run(o: Options) -> Result<()> {
     let bulk = bulk_rows(&node, &corpus, &o, work.path()).await?;
     let latency = latency_rows(&node, &corpus, &o).await?;
     let peak_rss = node.status_kib("VmHWM")?;
-    node.stop()?;
+    warn_on_error(node.stop());
 
     // A fresh node, so that memory freed by the bulk rows does not hide the idle sessions' cost.
     let mut idle_node = Node::start(&bin, &work.path().join("node-b"), &o.node_log)?;
     let idle = idle_rss(&idle_node, &o).await?;
-    idle_node.stop()?;
+    warn_on_error(idle_node.stop());
 
     print_report(&o, &bulk, peak_rss, &latency, &idle, &machine);
     Ok(())
@@ -211,6 +211,13 @@ async fn run(o: Options) -> Result<()> {
 
 fn progress(message: &str) {
     eprintln!("[ingest bench] {message}");
+}
+
+/// A node that does not stop cleanly is worth a warning, not the loss of the figures.
+fn warn_on_error(result: Result<()>) {
+    if let Err(e) = result {
+        progress(&format!("warning: {e:#}"));
+    }
 }
 
 /// One untimed stream so that the first measured row does not pay for lazy start-up.
@@ -238,47 +245,57 @@ struct BulkRow {
 }
 
 impl BulkRow {
-    fn recorder_wall(&self) -> f64 {
-        self.runs.iter().map(|(r, _)| r.as_secs_f64()).sum()
-    }
-}
-
-/// For each concurrency level, `runs` times: the limit, then the recorder, on the same bytes.
-async fn bulk_rows(
-    node: &Node,
-    corpus: &Arc<Corpus>,
-    o: &Options,
-    work: &Path,
-) -> Result<Vec<BulkRow>> {
-    let mut rows = Vec::new();
-    let mut stored = cast_bytes(&node.dst())?;
-    for &streams in &o.streams {
-        let mut row = BulkRow {
+    fn new(streams: usize) -> BulkRow {
+        BulkRow {
             streams,
             conns: 0,
             bytes: 0,
             runs: Vec::new(),
             cpu: CpuTimes::default(),
             commit: CommitStats::default(),
-        };
-        for _ in 0..o.runs {
+        }
+    }
+
+    fn add(&mut self, run: BulkRun, limit: Duration) {
+        (self.conns, self.bytes) = (run.conns, run.bytes);
+        self.runs.push((run.elapsed, limit));
+        self.cpu = self.cpu.plus(&run.cpu);
+        self.commit = self.commit.plus(&run.commit);
+    }
+
+    fn recorder_wall(&self) -> f64 {
+        self.runs.iter().map(|(r, _)| r.as_secs_f64()).sum()
+    }
+}
+
+/// `runs` rounds; in each, for every concurrency level in turn: the limit, then the
+/// recorder, on the same bytes. Rounds go over all levels so that slow drifts of the disk
+/// (this VM's host cache) hit every level alike instead of the first or last one.
+async fn bulk_rows(
+    node: &Node,
+    corpus: &Arc<Corpus>,
+    o: &Options,
+    work: &Path,
+) -> Result<Vec<BulkRow>> {
+    let mut rows: Vec<BulkRow> = o.streams.iter().map(|&s| BulkRow::new(s)).collect();
+    let mut stored = cast_bytes(&node.dst())?;
+    for round in 1..=o.runs {
+        for row in rows.iter_mut() {
+            let streams = row.streams;
             settle().await;
             let limit = sequential_limit(work, o.total_bytes).await?;
             settle().await;
             let total = o.total_bytes;
             let run = bulk_ingest(node, corpus, streams, total, o.max_conns, 1000).await?;
-            row.cpu = row.cpu.plus(&run.cpu);
-            row.commit = row.commit.plus(&run.commit);
             stored = check_stored(&node.dst(), stored, run.bytes)?;
             progress(&format!(
-                "{streams} streams: recorder {:.1} MB/s, limit {:.1} MB/s",
+                "run {round}/{}, {streams} streams: recorder {:.1} MB/s, limit {:.1} MB/s",
+                o.runs,
                 mbps(run.bytes, run.elapsed),
                 mbps(total, limit)
             ));
-            (row.conns, row.bytes) = (run.conns, run.bytes);
-            row.runs.push((run.elapsed, limit));
+            row.add(run, limit);
         }
-        rows.push(row);
     }
     Ok(rows)
 }
@@ -1637,10 +1654,11 @@ fn print_bulk(o: &Options, bulk: &[BulkRow], peak_rss: u64) {
      beyond that streams multiplexed round-robin. Recorder time: all bodies start -> the
      last stream's final ack. Limit: the same bytes, one file, 64 KiB write()s + one
      fdatasync, measured right before each recorder run. sync(2) and a 1 s pause before
-     every measurement. {runs} run(s) per row: MB/s are medians, ratio = median/median,
-     [range] = lowest and highest ratio of a (limit, recorder) pair. MB = 10^6 bytes.
-     CPU = CPU seconds / recorder wall seconds (2 CPUs = 200%); other = everything else on
-     the machine (kernel writeback threads, other users), idle and iowait excluded.
+     every measurement; {runs} round(s), each over all rows in turn. Per row: MB/s are
+     medians, ratio = median/median, [range] = lowest and highest ratio of a (limit,
+     recorder) pair. MB = 10^6 bytes. CPU = CPU seconds / recorder wall seconds (2 CPUs =
+     200%); other = everything else on the machine (kernel writeback threads, other
+     users), idle and iowait excluded.
 ",
         total = o.total_bytes / MIB,
         chunk = o.chunk_bytes / 1024,
