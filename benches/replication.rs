@@ -3018,13 +3018,14 @@ fn print_capacity(steps: &[Step]) -> Vec<Goal> {
    the window, timed from handing it to the h2 client to the first ack frame >= its end
    offset (lines still unacked {grace} s after the window count with their age). A step passes
    with p99 < {limit} ms and no failed open or broken session; the ramp stops at the first
-   failing step. CPU: 2 CPUs = 200%.
+   failing step. CPU: 2 CPUs = 200%; other = the rest of the machine (kernel threads,
+   other users), idle and iowait excluded.
 ",
         settle = CAPACITY_SETTLE.as_secs(),
         grace = CAPACITY_GRACE.as_secs(),
         limit = CAPACITY_P99_LIMIT.as_millis()
     );
-    println!("  sessions   open  opening s    lines  unacked      p50      p99      max  errors  node CPU  client CPU  node RSS MiB");
+    println!("  sessions   open  opening s    lines  unacked      p50      p99      max  errors  node CPU  client CPU  other CPU  node RSS MiB");
     for s in steps {
         let (p50, p99, max) = percentiles(&s.samples);
         let pct = |secs: f64| 100.0 * secs / s.wall.as_secs_f64();
@@ -3034,7 +3035,7 @@ fn print_capacity(steps: &[Step]) -> Vec<Goal> {
             .map(|k| format!("{:.0}", *k as f64 / 1024.0))
             .collect();
         println!(
-            "  {:>8} {:>6} {:>10.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8.0}% {:>10.0}%  {}",
+            "  {:>8} {:>6} {:>10.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8.0}% {:>10.0}% {:>9.0}%  {}",
             s.sessions,
             s.open,
             s.opening.as_secs_f64(),
@@ -3046,6 +3047,7 @@ fn print_capacity(steps: &[Step]) -> Vec<Goal> {
             s.errors,
             pct(s.usage.nodes),
             pct(s.usage.client),
+            pct(s.usage.machine - s.usage.nodes - s.usage.client),
             rss.join("/")
         );
     }
