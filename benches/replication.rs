@@ -2836,12 +2836,13 @@ fn print_failover(result: &FailoverResult) -> Vec<Goal> {
 2. Failover: {kills} kills (RF3). Round r: a resumable session (Quorumcast-Session) on the
    Raft leader when r mod 3 = 0, else on a follower (the two take turns), so a third of the
    kills hit the leader; one ~200-byte line every {every} ms; after {before} s SIGKILL to the
-   session's owner (the node the client talks to). The client keeps producing, reconnects at once with Quorumcast-Resume: <last ack> to the
-   other nodes in order (failed node last, {pause} ms pause after a fruitless pass), resends
-   from the Quorumcast-Resume-Offset, goes on {after} ms, ends the recording. Failover time:
-   kill(2) -> first ack frame covering a byte sent after the kill. Then the sealed recording
-   on the new owner is compared (sha256) with every byte the client sent, and the killed
-   node is restarted until every /healthz is 200 with one agreed leader.
+   session's owner (the node the client talks to). The client keeps producing, reconnects
+   at once with Quorumcast-Resume: <last ack> to the other nodes in order (failed node last,
+   {pause} ms pause after a fruitless pass), resends from the Quorumcast-Resume-Offset, goes
+   on {after} ms, ends the recording. Failover time: kill(2) -> first ack frame covering a
+   byte sent after the kill. Then the sealed recording on the new owner is compared (sha256)
+   with every byte the client sent, and the killed node is restarted until every /healthz is
+   200 with one agreed leader.
 ",
         kills = result.rounds.len() + result.errors.len(),
         every = FAILOVER_LINE_EVERY.as_millis(),
