@@ -37,9 +37,21 @@ pub async fn sweep(
         }
         for id in due(&member, &copies, &sessions, &mut suspected, timeout) {
             // This node's view (no replication stream) is not proof: ask the owner itself.
-            if owner_still_streams(&member, &id).await {
-                suspected.remove(&id);
-                continue;
+            match owner_view(&member, &id).await {
+                OwnerView::Streams => {
+                    suspected.remove(&id);
+                    continue;
+                }
+                // A busy (or frozen) owner: ask again at the next sweep, and only give up
+                // on it after a long silence.
+                OwnerView::NoAnswer
+                    if suspected
+                        .get(&id)
+                        .is_some_and(|t| t.elapsed() < timeout * 3) =>
+                {
+                    continue
+                }
+                OwnerView::Gone | OwnerView::NoAnswer => {}
             }
             adopt(&sessions, &id).await;
             suspected.remove(&id);
@@ -93,31 +105,35 @@ fn due(
 }
 
 /// How long the owner has to answer whether it still streams a session.
-const OWNER_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const OWNER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Whether the session's owner (another node) answers that the session is live on it.
-/// Unreachable or not live: the session is an orphan.
-async fn owner_still_streams(member: &Member, id: &str) -> bool {
+/// What the session's owner says about it.
+enum OwnerView {
+    /// The owner answered and streams it.
+    Streams,
+    /// The owner is this node, not a member, refuses connections, or doesn't stream it.
+    Gone,
+    /// The owner didn't answer in time.
+    NoAnswer,
+}
+
+async fn owner_view(member: &Member, id: &str) -> OwnerView {
     let owner = member.state.read(|s| s.session(id).map(|e| e.owner));
     let Some(owner) = owner.filter(|o| *o != member.id) else {
-        return false;
+        return OwnerView::Gone;
     };
     let Some(addr) = member.members().get(&owner).map(|n| n.ingest_addr.clone()) else {
-        return false;
+        return OwnerView::Gone;
     };
-    let asked = tokio::time::timeout(
-        OWNER_CHECK_TIMEOUT,
-        crate::admin::get(&addr, "/api/v1/sessions?state=live"),
-    )
-    .await;
-    let live = match asked {
-        Ok(Ok(serde_json::Value::Array(records))) => records.iter().any(|r| r["id"] == id),
-        _ => false,
-    };
-    if live {
-        tracing::debug!(%id, owner, "owner still streams the session; not an orphan");
+    let path = "/api/v1/sessions?state=live";
+    match tokio::time::timeout(OWNER_CHECK_TIMEOUT, crate::admin::get(&addr, path)).await {
+        Ok(Ok(serde_json::Value::Array(records))) if records.iter().any(|r| r["id"] == id) => {
+            tracing::debug!(%id, owner, "owner still streams the session; not an orphan");
+            OwnerView::Streams
+        }
+        Ok(_) => OwnerView::Gone,
+        Err(_) => OwnerView::NoAnswer,
     }
-    live
 }
 
 async fn adopt(sessions: &Arc<SessionManager>, id: &str) {
