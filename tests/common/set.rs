@@ -169,7 +169,22 @@ impl Set {
         ])?;
         let text = String::from_utf8(out.stdout)?;
         let (body, code) = text.rsplit_once('\n').context("no status")?;
-        Ok((code.parse()?, body.to_string()))
+        let code: u16 = code.parse()?;
+        if code == 0 {
+            // No HTTP answer at all: say why, and what the node logged.
+            let log = self.members[i]
+                .node
+                .as_ref()
+                .map(|n| n.log_text())
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let why = String::from_utf8_lossy(&out.stderr);
+            return Ok((
+                0,
+                format!("curl: {why}\nnode log tail:\n{}", tail.join("\n")),
+            ));
+        }
+        Ok((code, body.to_string()))
     }
 
     /// Restarts member `i` with its recordings on `dst` (e.g. a small tmpfs).
