@@ -276,13 +276,10 @@ async fn admit(
 }
 
 fn refusal(status: StatusCode, reason: &str) -> Response {
-    // Connection: close on v1 so the client does not try to send the body anyway.
-    (
-        status,
-        [(header::CONNECTION, "close")],
-        format!("{reason}\n"),
-    )
-        .into_response()
+    // No `Connection: close` here: it is illegal in HTTP/2 (hyper then resets the stream
+    // and an h2 client sees a framing error instead of the 503). For HTTP/1.1, hyper
+    // closes a connection whose request body was not read on its own.
+    (status, format!("{reason}\n")).into_response()
 }
 
 #[cfg(test)]
