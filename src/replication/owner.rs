@@ -103,9 +103,13 @@ impl OwnerStreams {
     pub async fn seal(&self, len: u64, state: SessionState, want: usize, wait: Duration) -> usize {
         self.seal.send_replace(Some((len, state)));
         let mut sealed = self.sealed.clone();
-        let done = tokio::time::timeout(wait, sealed.wait_for(|s| s.len() >= want)).await;
+        // The watch `Ref` that `wait_for` returns must be gone before borrowing again: a
+        // second read lock queued behind a writer deadlocks (found by chaos-tests).
+        let reached = tokio::time::timeout(wait, sealed.wait_for(|s| s.len() >= want))
+            .await
+            .is_ok_and(|r| r.is_ok());
         let count = self.sealed.borrow().len();
-        if done.is_err() {
+        if !reached {
             tracing::warn!(
                 sealed = count,
                 want,
