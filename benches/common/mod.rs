@@ -1,0 +1,4 @@
+//! Code shared by the benches (each bench uses part of it).
+#![allow(dead_code)]
+
+pub mod content;
