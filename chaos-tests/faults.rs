@@ -38,7 +38,13 @@ pub const ALL: &[Scenario] = &[
     Scenario { name: "mixed", nodes: 5, small_disk: false, run: mixed, about: "5 nodes, overlapping: netem on one node, kill -9 the busiest owner, then SIGSTOP the leader" },
 ];
 
-pub const QUICK: &[&str] = &["owner-kill", "leader-kill", "sigstop", "partition"];
+pub const QUICK: &[&str] = &[
+    "owner-kill",
+    "leader-kill",
+    "sigstop",
+    "partition",
+    "rolling-restart",
+];
 
 pub fn find(name: &str) -> Option<Scenario> {
     ALL.iter().copied().find(|s| s.name == name)

@@ -77,6 +77,13 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// Raft then names (a healthy leader answers in milliseconds).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Why a forwarded proposal came back without an answer.
+enum ForwardError {
+    /// Raft elected another leader meanwhile: retry there at once.
+    LeaderChanged,
+    Failed(ClusterError),
+}
+
 /// What `cluster status` shows.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -249,9 +256,18 @@ impl Member {
                     else {
                         return Err(ClusterError::NoQuorum("no leader known".into()));
                     };
-                    match self.forward(leader, &node, command.clone()).await {
+                    match self
+                        .forward_while_leader(leader, &node, command.clone())
+                        .await
+                    {
                         Ok(response) => return Ok(response),
-                        Err(e) => {
+                        Err(ForwardError::LeaderChanged) => {
+                            tracing::debug!(
+                                leader,
+                                "leader changed under a forwarded proposal; retrying at once"
+                            );
+                        }
+                        Err(ForwardError::Failed(e)) => {
                             tracing::debug!(leader, error = %e, "forwarding a proposal failed; retrying");
                             tokio::time::sleep(self.config.heartbeat).await;
                         }
@@ -262,6 +278,32 @@ impl Member {
             command = command.clone();
         }
         Err(ClusterError::NoQuorum("leader kept changing".into()))
+    }
+
+    /// Forwards to `leader`, giving up as soon as Raft names another leader: a dead
+    /// leader never answers, and its successor should get the proposal the moment it is
+    /// elected rather than after [`FORWARD_TIMEOUT`].
+    async fn forward_while_leader(
+        &self,
+        leader: NodeId,
+        node: &NodeInfo,
+        command: Command,
+    ) -> Result<CommandResponse, ForwardError> {
+        let mut metrics = self.raft.metrics();
+        let replaced = async move {
+            let stopped = metrics
+                .wait_for(|m| m.current_leader.is_some_and(|l| l != leader))
+                .await
+                .is_err();
+            if stopped {
+                // Raft stopped: let the forward itself finish or time out.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            answer = self.forward(leader, node, command) => answer.map_err(ForwardError::Failed),
+            () = replaced => Err(ForwardError::LeaderChanged),
+        }
     }
 
     async fn forward(

@@ -83,11 +83,17 @@ fn summary(outcome: &Outcome) -> serde_json::Value {
 pub async fn record_v2(State(app): State<AppState>, peer: Peer, request: Request) -> Response {
     let extension = match Extension::from_headers(request.headers()) {
         Ok(extension) => extension,
-        Err(reason) => return refusal(StatusCode::BAD_REQUEST, &reason),
+        Err(reason) => {
+            drain_briefly(request.into_body()).await;
+            return refusal(StatusCode::BAD_REQUEST, &reason);
+        }
     };
     let session = match admit(&app, peer, "v2", extension.clone()).await {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(response) => {
+            drain_briefly(request.into_body()).await;
+            return response;
+        }
     };
     let resume_at = session.resume_offset();
     if let Some(acked) = extension.resume.filter(|acked| *acked > resume_at) {
@@ -273,6 +279,31 @@ async fn admit(
         };
         refusal(status, &r.to_string())
     })
+}
+
+/// Most of a refused v2 request's body read before the refusal goes out.
+const REFUSAL_DRAIN_BYTES: usize = 256 * 1024;
+/// Longest a refusal waits for a refused v2 request's body to end.
+const REFUSAL_DRAIN_TIME: Duration = Duration::from_millis(20);
+
+/// Reads (and drops) what a refused v2 client already sent, briefly. Answering with the
+/// request half still open makes the server reset the stream after the response; a short
+/// upload that ends within the bound then closes cleanly instead (curl 7.88 sometimes
+/// reported that reset as "Stream error in the HTTP/2 framing layer" and lost the 503).
+/// A client that streams on (a live session) gets its refusal after the bound.
+async fn drain_briefly(body: axum::body::Body) {
+    use futures_util::StreamExt;
+    let mut data = body.into_data_stream();
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(Ok(chunk)) = data.next().await {
+            seen += chunk.len();
+            if seen > REFUSAL_DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_DRAIN_TIME, read).await;
 }
 
 fn refusal(status: StatusCode, reason: &str) -> Response {

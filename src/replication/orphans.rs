@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::copies::Copies;
 use crate::cluster::member::Member;
+use crate::cluster::types::ClusterSessionState;
 use crate::session::SessionManager;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -28,80 +29,146 @@ pub async fn sweep(
     timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut suspected: HashMap<String, Instant> = HashMap::new();
+    let mut suspicions = Suspicions::new(timeout);
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for id in due(&member, &copies, &sessions, &mut suspected, timeout) {
+        let seen = observe(&member, &copies, &sessions);
+        for (id, epoch) in suspicions.due(Instant::now(), seen) {
             // This node's view (no replication stream) is not proof: ask the owner itself.
             match owner_view(&member, &id).await {
                 OwnerView::Streams => {
-                    suspected.remove(&id);
+                    suspicions.cleared(&id);
                     continue;
                 }
                 // A busy (or frozen) owner: ask again at the next sweep, and only give up
                 // on it after a long silence.
-                OwnerView::NoAnswer
-                    if suspected
-                        .get(&id)
-                        .is_some_and(|t| t.elapsed() < timeout * 3) =>
-                {
-                    continue
-                }
+                OwnerView::NoAnswer if !suspicions.long_silent(&id, Instant::now()) => continue,
                 OwnerView::Gone | OwnerView::NoAnswer => {}
             }
-            adopt(&sessions, &id).await;
-            suspected.remove(&id);
+            // The owner check took time: a client may have resumed the session meanwhile
+            // (here or elsewhere). Adopt only what is still exactly as it was judged.
+            if still_orphan(&member, &sessions, &id, epoch) {
+                adopt(&sessions, &id).await;
+            }
+            suspicions.cleared(&id);
         }
     }
 }
 
-/// Live sessions this node keeps a copy of whose owner has been silent long enough.
-fn due(
-    member: &Member,
-    copies: &Copies,
-    sessions: &SessionManager,
-    suspected: &mut HashMap<String, Instant>,
-    timeout: Duration,
-) -> Vec<String> {
-    let mine: Vec<(String, u64, usize)> = member.state.read(|s| {
+/// What this node sees of one live session it keeps a copy of.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    id: String,
+    /// The session's fencing epoch: a takeover (by anyone) restarts the suspicion.
+    epoch: u64,
+    /// Position in the replica set: later replicas wait longer, so they rarely race.
+    rank: usize,
+    /// How long its owner has been silent to this node, when this node can tell: `Some(0)`
+    /// while it streams here (or is arriving here), the age of the last replication frame
+    /// for a copy, `None` when there is no evidence either way (no copy since a restart,
+    /// or this node is the owner and doesn't stream it).
+    silent_for: Option<Duration>,
+}
+
+fn observe(member: &Member, copies: &Copies, sessions: &SessionManager) -> Vec<Seen> {
+    let entries: Vec<(String, u64, u64, usize)> = member.state.read(|s| {
         s.live_sessions()
             .filter_map(|e| {
                 let rank = e.replicas.iter().position(|r| *r == member.id)?;
-                Some((e.id.clone(), e.owner, rank))
+                Some((e.id.clone(), e.owner, e.epoch, rank))
             })
             .collect()
     });
-    suspected.retain(|id, _| mine.iter().any(|(m, _, _)| m == id));
-    let mut due = Vec::new();
-    for (id, owner, rank) in mine {
-        let silent = if sessions.is_live(&id) {
-            None
-        } else if owner == member.id {
-            Some(Duration::MAX)
-        } else {
-            // No copy here yet (this node restarted): silent since we started looking.
-            Some(
-                copies
-                    .get(&id)
-                    .map(|c| c.since_owner_contact())
-                    .unwrap_or(Duration::MAX),
-            )
-        };
-        let Some(silent) = silent else {
-            suspected.remove(&id);
-            continue;
-        };
-        let since = *suspected.entry(id.clone()).or_insert_with(Instant::now);
-        let patience = timeout + STAGGER * rank as u32;
-        if silent.min(since.elapsed()) >= patience {
-            due.push(id);
+    entries
+        .into_iter()
+        .map(|(id, owner, epoch, rank)| {
+            let silent_for = if sessions.is_here(&id) {
+                Some(Duration::ZERO)
+            } else if owner == member.id {
+                None
+            } else {
+                copies.get(&id).map(|c| c.since_owner_contact())
+            };
+            Seen {
+                id,
+                epoch,
+                rank,
+                silent_for,
+            }
+        })
+        .collect()
+}
+
+/// Whether `id` is still live at `epoch` and not arriving or streaming here.
+fn still_orphan(member: &Member, sessions: &SessionManager, id: &str, epoch: u64) -> bool {
+    let current = member.state.read(|s| {
+        s.session(id)
+            .filter(|e| e.state == ClusterSessionState::Live)
+            .map(|e| e.epoch)
+    });
+    current == Some(epoch) && !sessions.is_here(id)
+}
+
+/// Sans-IO bookkeeping of which sessions look orphaned, and since when.
+///
+/// A suspicion starts when a session is first seen without any sign of life and lasts only
+/// while that stays true at the same epoch: any sign of life, or a takeover, clears it.
+/// (An older version kept the first timestamp forever, so a node that once suspected a
+/// session adopted it, much later, from under a client that had just resumed it there.)
+struct Suspicions {
+    timeout: Duration,
+    /// Session id → (epoch, first sweep that saw it without a sign of life).
+    since: HashMap<String, (u64, Instant)>,
+}
+
+impl Suspicions {
+    fn new(timeout: Duration) -> Self {
+        Suspicions {
+            timeout,
+            since: HashMap::new(),
         }
     }
-    due
+
+    /// Updates the suspicions from one sweep's view; returns `(id, epoch)` of the sessions
+    /// that have been silent long enough to ask their owner.
+    fn due(&mut self, now: Instant, seen: Vec<Seen>) -> Vec<(String, u64)> {
+        self.since.retain(|id, _| seen.iter().any(|s| &s.id == id));
+        let mut due = Vec::new();
+        for s in seen {
+            let patience = self.timeout + STAGGER * s.rank as u32;
+            if s.silent_for.is_some_and(|silent| silent < patience) {
+                self.since.remove(&s.id);
+                continue;
+            }
+            let entry = self.since.entry(s.id.clone()).or_insert((s.epoch, now));
+            if entry.0 != s.epoch {
+                *entry = (s.epoch, now);
+            }
+            // Both this node's suspicion and the evidence (a copy's last frame, if any)
+            // must be as old as the patience: a fresh epoch always waits it out in full.
+            let suspected_for = now.saturating_duration_since(entry.1);
+            if s.silent_for.unwrap_or(Duration::MAX).min(suspected_for) >= patience {
+                due.push((s.id, s.epoch));
+            }
+        }
+        due
+    }
+
+    /// Whether `id` has been suspected for so long that an owner that never answers is
+    /// taken as gone.
+    fn long_silent(&self, id: &str, now: Instant) -> bool {
+        self.since
+            .get(id)
+            .is_some_and(|(_, t)| now.saturating_duration_since(*t) >= self.timeout * 3)
+    }
+
+    fn cleared(&mut self, id: &str) {
+        self.since.remove(id);
+    }
 }
 
 /// How long the owner has to answer whether it still streams a session.
@@ -145,5 +212,101 @@ async fn adopt(sessions: &Arc<SessionManager>, id: &str) {
             tracing::warn!(%id, bytes = outcome.record.bytes, "sealed an orphaned session (owner and client gone)");
         }
         Err(e) => tracing::info!(%id, reason = %e, "orphaned session not adopted (yet)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn seen(epoch: u64, rank: usize, silent_for: Option<Duration>) -> Vec<Seen> {
+        vec![Seen {
+            id: "s".into(),
+            epoch,
+            rank,
+            silent_for,
+        }]
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn an_owner_that_does_not_stream_is_due_after_the_timeout() {
+        let t0 = Instant::now();
+        let mut s = Suspicions::new(TIMEOUT);
+        assert!(s.due(t0, seen(1, 0, None)).is_empty());
+        assert!(s.due(t0 + secs(29), seen(1, 0, None)).is_empty());
+        assert_eq!(
+            s.due(t0 + secs(30), seen(1, 0, None)),
+            vec![("s".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn later_replicas_wait_longer() {
+        let t0 = Instant::now();
+        let mut s = Suspicions::new(TIMEOUT);
+        s.due(t0, seen(1, 2, Some(secs(0))));
+        s.due(t0 + secs(1), seen(1, 2, Some(secs(60))));
+        assert!(s.due(t0 + secs(31), seen(1, 2, Some(secs(90)))).is_empty());
+        assert_eq!(s.due(t0 + secs(33), seen(1, 2, Some(secs(92)))).len(), 1);
+    }
+
+    /// Regression (chaos-tests rolling-restart, seed 9001): a node suspected a session
+    /// right after its restart, the session then lived elsewhere for a minute, and when
+    /// its client resumed it on this node the sweeper adopted it at once (the suspicion
+    /// kept its first timestamp) and sealed it under the client as `orphaned`.
+    #[test]
+    fn a_sign_of_life_or_a_takeover_restarts_the_suspicion() {
+        let t0 = Instant::now();
+        let mut s = Suspicions::new(TIMEOUT);
+        // Just restarted: the stale state says this node owns it, nothing streams.
+        assert!(s.due(t0, seen(3, 0, None)).is_empty());
+        // Owned elsewhere and streaming to this node's copy for a minute.
+        for n in 1..60 {
+            assert!(s.due(t0 + secs(n), seen(4, 0, Some(secs(0)))).is_empty());
+        }
+        // A client resumes here: the takeover is in flight (not live yet) at a new epoch.
+        assert!(s.due(t0 + secs(61), seen(5, 0, None)).is_empty());
+        assert!(s.due(t0 + secs(80), seen(5, 0, None)).is_empty());
+        // A new epoch without any sign of life in between also starts over.
+        assert!(s.due(t0 + secs(90), seen(6, 0, None)).is_empty());
+        assert!(s.due(t0 + secs(119), seen(6, 0, None)).is_empty());
+        assert_eq!(s.due(t0 + secs(120), seen(6, 0, None)).len(), 1);
+    }
+
+    #[test]
+    fn a_copy_that_heard_from_its_owner_recently_is_not_due() {
+        let t0 = Instant::now();
+        let mut s = Suspicions::new(TIMEOUT);
+        s.due(t0, seen(1, 0, Some(secs(40))));
+        assert!(s.due(t0 + secs(40), seen(1, 0, Some(secs(1)))).is_empty());
+        // ...and the next silence is measured from scratch.
+        assert!(s.due(t0 + secs(41), seen(1, 0, Some(secs(31)))).is_empty());
+        assert_eq!(s.due(t0 + secs(71), seen(1, 0, Some(secs(61)))).len(), 1);
+    }
+
+    #[test]
+    fn an_owner_that_never_answers_is_taken_as_gone_only_after_three_timeouts() {
+        let t0 = Instant::now();
+        let mut s = Suspicions::new(TIMEOUT);
+        s.due(t0, seen(1, 0, None));
+        assert!(!s.long_silent("s", t0 + secs(89)));
+        assert!(s.long_silent("s", t0 + secs(90)));
+        s.cleared("s");
+        assert!(!s.long_silent("s", t0 + secs(90)));
+    }
+
+    #[test]
+    fn sessions_that_are_no_longer_live_are_forgotten() {
+        let t0 = Instant::now();
+        let mut s = Suspicions::new(TIMEOUT);
+        s.due(t0, seen(1, 0, None));
+        s.due(t0 + secs(1), Vec::new());
+        assert!(s.due(t0 + secs(31), seen(1, 0, None)).is_empty());
     }
 }

@@ -24,9 +24,12 @@ use crate::session::{Refusal, TakenOver};
 /// A replica that doesn't answer a fence within this is counted as unreachable.
 const FENCE_TIMEOUT: Duration = Duration::from_millis(1500);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a majority answered, how long the rest may still answer (their lengths only
-/// matter if they are longer, and a longer copy is never required for correctness).
-const FENCE_GRACE: Duration = Duration::from_millis(150);
+/// After a majority answered, the rest may still answer for as long again as the
+/// majority took, within these bounds. Their lengths only matter if they are longer, and a
+/// longer copy is never required for correctness, so a dead node (usually the old owner,
+/// the reason for the takeover) must cost little: healthy replicas answer together.
+const FENCE_GRACE_MIN: Duration = Duration::from_millis(10);
+const FENCE_GRACE_MAX: Duration = Duration::from_millis(150);
 
 pub async fn take_over(
     member: &Arc<Member>,
@@ -132,6 +135,7 @@ async fn fence_all(
         })
         .collect();
     let mut answered = Vec::new();
+    let started = tokio::time::Instant::now();
     let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let next = match grace.as_mut() {
@@ -145,7 +149,8 @@ async fn fence_all(
         answered.extend(result);
         let old_answered = answered.iter().filter(|(n, _)| old.contains(n)).count();
         if grace.is_none() && old_answered >= majority {
-            grace = Some(Box::pin(tokio::time::sleep(FENCE_GRACE)));
+            let wait = started.elapsed().clamp(FENCE_GRACE_MIN, FENCE_GRACE_MAX);
+            grace = Some(Box::pin(tokio::time::sleep(wait)));
         }
     }
     answered

@@ -14,7 +14,7 @@
 
 pub mod pipeline;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -229,6 +229,33 @@ impl Admission for Standalone {
     }
 }
 
+/// Marks a session as arriving here for as long as it lives (a claim or takeover in flight).
+struct Arriving<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl<'a> Arriving<'a> {
+    fn mark(set: &'a Mutex<HashSet<String>>, id: &str) -> Self {
+        set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        Arriving {
+            set,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// Live byte counts of one session, read by listings while the session runs.
 #[derive(Debug, Default)]
 pub struct LiveCounters {
@@ -246,6 +273,10 @@ pub struct SessionManager {
     permits: Arc<Semaphore>,
     /// Live sessions by id, for listings; entries are removed when a session ends.
     live: Mutex<HashMap<String, Arc<LiveCounters>>>,
+    /// Sessions being claimed or taken over here, before they are live. Their owner in the
+    /// cluster state is already this node, so without this set the orphan sweeper would
+    /// see an owner that doesn't stream them and adopt them under the arriving client.
+    arriving: Mutex<HashSet<String>>,
     /// Cancelled on shutdown: every session stops reading, syncs, and is marked.
     shutdown: CancellationToken,
     /// Standalone, or the recorder set's claims through Raft.
@@ -267,6 +298,7 @@ impl SessionManager {
             storage,
             config,
             live: Mutex::new(HashMap::new()),
+            arriving: Mutex::new(HashSet::new()),
             shutdown,
             admission,
             handoff: Mutex::new(CancellationToken::new()),
@@ -354,6 +386,7 @@ impl SessionManager {
         protocol: &str,
         permit: OwnedSemaphorePermit,
     ) -> Result<Session, Refusal> {
+        let _arriving = Arriving::mark(&self.arriving, &id);
         let started = Utc::now();
         let (claim, recording) = self.reserve_name(&id, node_dir, started).await?;
         let mut record = SessionRecord::new_live(
@@ -428,6 +461,7 @@ impl SessionManager {
         permit: OwnedSemaphorePermit,
         reason: &'static str,
     ) -> Result<Session, Refusal> {
+        let _arriving = Arriving::mark(&self.arriving, id);
         let started = std::time::Instant::now();
         let granted = self.admission.take_over(id).await?;
         let recording = self
@@ -536,6 +570,16 @@ impl SessionManager {
     /// Whether a session is streaming into this node now.
     pub fn is_live(&self, id: &str) -> bool {
         self.lock_live().contains_key(id)
+    }
+
+    /// Live here, or being claimed or taken over here right now: either way not an orphan.
+    pub fn is_here(&self, id: &str) -> bool {
+        self.is_live(id)
+            || self
+                .arriving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(id)
     }
 
     /// Called by a session as it ends, after its final record is stored.
