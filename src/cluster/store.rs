@@ -251,7 +251,16 @@ impl Db {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.0.begin_write().map_err(db_err)?;
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.0.begin_write().map_err(db_err)?;
+        txn.set_durability(durability);
         let out = f(&txn)?;
         txn.commit().map_err(db_err)?;
         Ok(out)
@@ -263,14 +272,22 @@ impl Db {
         get_meta(&table, key)
     }
 
-    /// Stores `value` under `key`, or removes the key for `None`.
+    /// Stores `value` under `key`, or removes the key for `None`. A `lazy` write has no
+    /// fsync of its own: it reaches the disk with the next durable write (redb keeps commit
+    /// order), for hints whose loss in a crash costs a little catch-up, never correctness.
     fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
         value: Option<&T>,
+        lazy: bool,
     ) -> Result<(), StoreError> {
         let bytes = value.map(|v| encode(key, META_FORMAT, v)).transpose()?;
-        self.write(|txn| {
+        let durability = if lazy {
+            redb::Durability::None
+        } else {
+            redb::Durability::Immediate
+        };
+        self.write_with(durability, |txn| {
             let mut table = txn.open_table(META).map_err(db_err)?;
             match &bytes {
                 Some(bytes) => table.insert(key, bytes.as_slice()).map_err(db_err)?,
@@ -516,12 +533,13 @@ impl LogStore {
         key: &'static str,
         value: Option<T>,
         subject: ErrorSubject<NodeId>,
+        lazy: bool,
     ) -> Result<(), RaftError>
     where
         T: Serialize + Send + 'static,
     {
         let db = self.db.clone();
-        blocking(move || db.write_meta(key, value.as_ref()))
+        blocking(move || db.write_meta(key, value.as_ref(), lazy))
             .await
             .map_err(raft_err(subject, ErrorVerb::Write))
     }
@@ -544,7 +562,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftError> {
-        self.write_meta(KEY_VOTE, Some(*vote), ErrorSubject::Vote)
+        self.write_meta(KEY_VOTE, Some(*vote), ErrorSubject::Vote, false)
             .await
     }
 
@@ -553,9 +571,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Saved so that a restart re-applies up to here at once instead of waiting for the
-    /// leader's next commit.
+    /// leader's next commit. Lazily: it sits on every proposal's path (leader and
+    /// followers), and a committed index lost in a crash is only a hint that comes back
+    /// with the leader's next heartbeat (the entries themselves are durable).
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), RaftError> {
-        self.write_meta(KEY_COMMITTED, committed, ErrorSubject::Store)
+        self.write_meta(KEY_COMMITTED, committed, ErrorSubject::Store, true)
             .await
     }
 
