@@ -363,6 +363,57 @@ fn full_node_refuses_fast_without_100_continue() -> Result<()> {
     Ok(())
 }
 
+/// Regression (CI, cluster test): a v2 refusal sent while curl was still uploading was
+/// followed by a stream reset, and curl 7.88 sometimes reported "Stream error in the
+/// HTTP/2 framing layer" instead of the 503. A refused short upload must read as a 503,
+/// every time.
+#[test]
+fn a_refused_v2_upload_reads_as_a_clean_503() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &["--max-sessions", "1"])?;
+    let mut holder = H2Upload::v2(&node)?;
+    holder.send(HEADER.as_bytes())?;
+    holder.wait_ack(HEADER.len() as u64)?;
+    let body = tmp.path().join("upload.cast");
+    let mut content = HEADER.to_string();
+    for i in 0..400 {
+        content.push_str(&format!(
+            "[{i}.0,\"o\",\"line {i} of a refused upload\\r\\n\"]\n"
+        ));
+    }
+    std::fs::write(&body, &content)?;
+    for attempt in 0..20 {
+        let started = Instant::now();
+        let out = curl(&[
+            "-sS",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &node.url("/v2/record"),
+        ])?;
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "attempt {attempt}: curl failed: {stderr}"
+        );
+        assert!(text.ends_with("\n503"), "attempt {attempt}: {text}");
+        assert!(
+            text.contains("concurrent sessions"),
+            "attempt {attempt}: {text}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(900),
+            "attempt {attempt}: refusal took {elapsed:?}"
+        );
+    }
+    holder.finish()?;
+    Ok(())
+}
+
 #[test]
 fn kill_9_mid_session_keeps_acked_bytes_and_marks_aborted_on_restart() -> Result<()> {
     let tmp = tempdir();
