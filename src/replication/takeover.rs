@@ -46,8 +46,12 @@ pub async fn take_over(
             entry.state.as_str()
         )));
     }
+    let started = std::time::Instant::now();
     let (epoch, replicas) = new_epoch(member, &entry).await?;
+    let proposed = started.elapsed();
     let lengths = fence_all(member, copies, &entry, epoch, &replicas).await;
+    tracing::debug!(session = %id, epoch, proposed_ms = proposed.as_millis() as u64,
+        fenced_ms = started.elapsed().as_millis() as u64, answered = ?lengths, "fenced");
     let old: BTreeSet<NodeId> = entry.replicas.iter().copied().collect();
     let answered_old = lengths.iter().filter(|(n, _)| old.contains(n)).count();
     let majority = old.len() / 2 + 1;
