@@ -320,6 +320,56 @@ fn a_stock_upload_whose_node_dies_is_sealed_up_to_its_last_ack_on_a_survivor() -
     Ok(())
 }
 
+/// Regression (chaos-tests, fixed in e6df309): a replica that restarted has no copy of a
+/// live session until its owner redials it, took that silence for an orphan once the
+/// timeout passed, and deposed the healthy owner under its client. The session must stay
+/// with its owner, at its epoch, and end complete on every replica.
+#[test]
+fn a_restarted_replica_leaves_a_live_session_to_its_owner() -> Result<()> {
+    let mut set = Set::start(3, "orphan_timeout_ms = 1000")?;
+    let mut upload = H2Upload::v2(set.members[0].node.as_ref().context("node")?)?;
+    let mut sent = HEADER.as_bytes().to_vec();
+    upload.send(HEADER.as_bytes())?;
+    upload.wait_ack(sent.len() as u64)?;
+    let id = set.cluster_sessions(1)?[0]["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    let before = cluster_entry(&set, 0, &id)?;
+    set.members[1].node.as_mut().context("replica")?.kill9();
+    set.start_member(1)?;
+    set.wait_leader(&[])?;
+    // Well past the orphan timeout and every replica's stagger (1 s each), with the
+    // session mostly idle: one line a second.
+    for i in 0..8 {
+        upload.send(line(i).as_bytes())?;
+        sent.extend_from_slice(line(i).as_bytes());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    upload.wait_ack(sent.len() as u64)?;
+    let after = cluster_entry(&set, 0, &id)?;
+    assert_eq!(after["state"], "live", "{after}");
+    assert_eq!(after["owner"], before["owner"], "{after}");
+    assert_eq!(after["epoch"], before["epoch"], "{after}");
+    upload.finish()?;
+    for i in 0..3 {
+        let record = local_copy(&set, i, &id, "complete")?;
+        let node = set.members[i].node.as_ref().context("node")?;
+        assert_eq!(
+            sha256(&node.read_recording(&record)?),
+            sha256(&sent),
+            "node {}",
+            i + 1
+        );
+        assert!(
+            !node.log_text().contains("sealed an orphaned session"),
+            "node {} adopted a live session",
+            i + 1
+        );
+    }
+    Ok(())
+}
+
 /// `quorumcast record` against all three recorders, output produced slowly for a while.
 fn spawn_record(
     set: &Set,

@@ -102,13 +102,7 @@ impl OwnerStreams {
     /// Asks every replica to seal at `len` and waits (bounded) for `want` of them.
     pub async fn seal(&self, len: u64, state: SessionState, want: usize, wait: Duration) -> usize {
         self.seal.send_replace(Some((len, state)));
-        let mut sealed = self.sealed.clone();
-        // The watch `Ref` that `wait_for` returns must be gone before borrowing again: a
-        // second read lock queued behind a writer deadlocks (found by chaos-tests).
-        let reached = tokio::time::timeout(wait, sealed.wait_for(|s| s.len() >= want))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        let count = self.sealed.borrow().len();
+        let (reached, count) = wait_sealed(&self.sealed, want, wait).await;
         if !reached {
             tracing::warn!(
                 sealed = count,
@@ -118,6 +112,23 @@ impl OwnerStreams {
         }
         count
     }
+}
+
+/// Waits (bounded) until `want` replicas confirmed the seal; returns whether they did and
+/// how many did.
+async fn wait_sealed(
+    sealed: &watch::Receiver<BTreeMap<NodeId, u64>>,
+    want: usize,
+    wait: Duration,
+) -> (bool, usize) {
+    let mut sealed = sealed.clone();
+    // The watch `Ref` that `wait_for` returns must be gone before borrowing again: a second
+    // read lock queued behind a writer deadlocks (found by chaos-tests).
+    let reached = tokio::time::timeout(wait, sealed.wait_for(|s| s.len() >= want))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let count = sealed.borrow().len();
+    (reached, count)
 }
 
 impl Drop for OwnerStreams {
@@ -332,5 +343,65 @@ impl ReplicaTask {
         } else {
             StreamError::Refused(reason)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (chaos-tests, fixed in 2c05aba): the seal wait kept the watch's read
+    /// guard while it borrowed the watch again; with a replica's confirmation (a writer)
+    /// queued between the two, the node's thread deadlocked. Confirmations keep arriving
+    /// from another thread while the owner waits, many times over; a deadlocked waiter
+    /// can't be timed out from inside its runtime, so it runs on a thread of its own.
+    #[test]
+    fn waiting_for_seals_while_replicas_confirm_never_deadlocks() {
+        let (confirm, sealed) = watch::channel(BTreeMap::<NodeId, u64>::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n: u64 = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    confirm.send_modify(|m| {
+                        m.insert(n % 3, n);
+                    });
+                }
+            })
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                for _ in 0..2000 {
+                    let (reached, count) = wait_sealed(&sealed, 1, Duration::from_secs(1)).await;
+                    assert!(reached && count >= 1, "reached {reached}, count {count}");
+                }
+            });
+            let _ = done.send(());
+        });
+        let result = finished.recv_timeout(Duration::from_secs(30));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            result.is_ok(),
+            "seal waits deadlocked against a writer (or failed)"
+        );
+        let _ = writer.join();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_seal_wait_gives_up_at_its_bound_and_says_how_many_confirmed() {
+        let (confirm, sealed) = watch::channel(BTreeMap::<NodeId, u64>::new());
+        confirm.send_modify(|m| {
+            m.insert(2, 10);
+        });
+        let (reached, count) = wait_sealed(&sealed, 2, Duration::from_secs(10)).await;
+        assert!(!reached);
+        assert_eq!(count, 1);
     }
 }

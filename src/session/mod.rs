@@ -612,3 +612,116 @@ impl SessionManager {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Admission whose claims and takeovers wait until the test lets them through.
+    struct Gate {
+        open: tokio::sync::Semaphore,
+    }
+
+    impl Admission for Gate {
+        fn check(&self) -> Result<(), Refusal> {
+            Ok(())
+        }
+
+        fn claim(&self, _request: ClaimRequest) -> BoxFuture<'_, Result<Claim, Refusal>> {
+            Box::pin(async {
+                let _pass = self.open.acquire().await;
+                Ok(Claim {
+                    epoch: 1,
+                    replicas: Vec::new(),
+                })
+            })
+        }
+
+        fn replicate(&self, _request: ReplicateRequest) -> Option<Box<dyn Replicator>> {
+            None
+        }
+
+        fn take_over(&self, id: &str) -> BoxFuture<'_, Result<TakenOver, Refusal>> {
+            let id = id.to_string();
+            Box::pin(async move {
+                let _pass = self.open.acquire().await;
+                Err(Refusal::Conflict(format!("{id}: refused by the test")))
+            })
+        }
+
+        fn ended(&self, _: String, _: u64, _: SessionState, _: bool) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+
+        fn survives_node_loss(&self) -> bool {
+            false
+        }
+
+        fn name_tag(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    fn manager(dir: &std::path::Path) -> (Arc<SessionManager>, Arc<Gate>) {
+        let storage = Storage::open(&dir.join("dst"), &dir.join("state")).expect("storage");
+        let gate = Arc::new(Gate {
+            open: tokio::sync::Semaphore::new(0),
+        });
+        let mgr = SessionManager::new(
+            storage,
+            SessionConfig::default(),
+            CancellationToken::new(),
+            gate.clone(),
+        );
+        (mgr, gate)
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if what() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("condition not reached in 1 s");
+    }
+
+    /// Regression (chaos-tests rolling-restart, seed 9001): while a claim or takeover is in
+    /// flight the cluster already names this node as the owner, but nothing streams yet;
+    /// the orphan sweeper must see such a session as here, not as an orphan.
+    #[tokio::test]
+    async fn a_session_being_claimed_is_here_before_it_is_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mgr, gate) = manager(dir.path());
+        let opening = tokio::spawn({
+            let mgr = mgr.clone();
+            async move { mgr.open("n", "v2", Some("s1".into())).await }
+        });
+        until(|| mgr.is_here("s1")).await;
+        assert!(!mgr.is_live("s1"));
+        gate.open.add_permits(1);
+        let session = opening.await.expect("join").expect("open");
+        assert!(mgr.is_live("s1") && mgr.is_here("s1"));
+        let outcome = session
+            .run(futures_util::stream::empty::<Result<bytes::Bytes, String>>())
+            .await;
+        assert_eq!(outcome.record.id, "s1");
+        assert!(!mgr.is_here("s1"));
+    }
+
+    #[tokio::test]
+    async fn a_session_being_taken_over_is_here_until_the_takeover_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mgr, gate) = manager(dir.path());
+        let resuming = tokio::spawn({
+            let mgr = mgr.clone();
+            async move { mgr.resume("s2", "n", "v2").await.map(|_| ()) }
+        });
+        until(|| mgr.is_here("s2")).await;
+        assert!(!mgr.is_live("s2"));
+        gate.open.add_permits(1);
+        let refused = resuming.await.expect("join");
+        assert!(matches!(refused, Err(Refusal::Conflict(_))), "{refused:?}");
+        assert!(!mgr.is_here("s2"));
+    }
+}
