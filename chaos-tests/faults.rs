@@ -330,16 +330,22 @@ const NETEM_SPECS: &[net::Impairment] = &[
         netem: "delay 80ms 40ms loss 5% reorder 25% 50%",
         loss_percent: 5,
         rate: "8mbit",
+        reorder_percent: 25,
+        slow_rate: "2mbit",
     },
     net::Impairment {
         netem: "delay 30ms 20ms loss 10%",
         loss_percent: 10,
         rate: "20mbit",
+        reorder_percent: 0,
+        slow_rate: "",
     },
     net::Impairment {
         netem: "delay 150ms 100ms reorder 30% 50%",
         loss_percent: 2,
         rate: "2mbit",
+        reorder_percent: 30,
+        slow_rate: "512kbit",
     },
 ];
 

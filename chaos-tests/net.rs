@@ -190,13 +190,23 @@ pub fn set_partition(id: u64, kind: Partition, on: bool) -> Result<()> {
 }
 
 /// A degraded link: netem's spec, and what stands in for it on a kernel without `sch_netem`
-/// (random loss by iptables `statistic`, queueing delay by a `tbf` rate limit; no reordering).
+/// (random loss by iptables `statistic`, queueing delay by a rate limit, reordering by a
+/// slow lane: a random share of the node's outgoing packets is classified into an `htb`
+/// class with a small rate and a short queue, so packets sent after them overtake them).
 #[derive(Clone, Copy, Debug)]
 pub struct Impairment {
     pub netem: &'static str,
     pub loss_percent: u32,
     pub rate: &'static str,
+    /// Share of the node's outgoing packets sent through the slow lane (0: none).
+    pub reorder_percent: u32,
+    /// The slow lane's rate; its queue holds at most [`SLOW_LANE_PACKETS`] packets.
+    pub slow_rate: &'static str,
 }
+
+/// Queue bound of the slow lane: it bounds the extra delay (50 full packets at 512 kbit/s
+/// is ~1.1 s) and drops beyond it, as a congested path would.
+const SLOW_LANE_PACKETS: &str = "50";
 
 /// Degrades both directions of node `id`'s link; says what was applied.
 pub fn impair(id: u64, imp: &Impairment) -> anyhow::Result<String> {
@@ -226,15 +236,90 @@ pub fn impair(id: u64, imp: &Impairment) -> anyhow::Result<String> {
     let mut a = vec!["qdisc", "replace", "dev", &host];
     a.extend_from_slice(&tbf);
     sh("tc", &a)?;
-    let mut b = vec![
-        "netns", "exec", &ns, "tc", "qdisc", "replace", "dev", "eth0",
-    ];
-    b.extend_from_slice(&tbf);
-    sh("ip", &b)?;
+    if imp.reorder_percent == 0 {
+        let mut b = vec![
+            "netns", "exec", &ns, "tc", "qdisc", "replace", "dev", "eth0",
+        ];
+        b.extend_from_slice(&tbf);
+        sh("ip", &b)?;
+        return Ok(format!(
+            "no sch_netem in this kernel; instead {}% random loss each way (iptables statistic) and tbf rate {} (queueing delay)",
+            imp.loss_percent, imp.rate
+        ));
+    }
+    slow_lane(&ns, imp)?;
     Ok(format!(
-        "no sch_netem in this kernel; instead {}% random loss each way (iptables statistic) and tbf rate {} (queueing delay)",
-        imp.loss_percent, imp.rate
+        "no sch_netem in this kernel; instead {}% random loss each way (iptables statistic), rate {} each way (queueing delay), and {}% of the node's outgoing packets through a {} slow lane of {} packets (reordering)",
+        imp.loss_percent, imp.rate, imp.reorder_percent, imp.slow_rate, SLOW_LANE_PACKETS
     ))
+}
+
+/// The node's egress as two `htb` lanes: the normal one at `rate`, and a slow one that a
+/// random share of packets is classified into (iptables `CLASSIFY`), so later packets of
+/// the same flow overtake them.
+fn slow_lane(ns: &str, imp: &Impairment) -> anyhow::Result<()> {
+    let tc = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", ns, "tc"];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    };
+    tc(&[
+        "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "htb", "default", "10",
+    ])?;
+    tc(&[
+        "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:10", "htb", "rate", imp.rate,
+    ])?;
+    tc(&[
+        "class",
+        "add",
+        "dev",
+        "eth0",
+        "parent",
+        "1:",
+        "classid",
+        "1:20",
+        "htb",
+        "rate",
+        imp.slow_rate,
+    ])?;
+    tc(&[
+        "qdisc",
+        "add",
+        "dev",
+        "eth0",
+        "parent",
+        "1:20",
+        "pfifo",
+        "limit",
+        SLOW_LANE_PACKETS,
+    ])?;
+    let probability = format!("{:.3}", f64::from(imp.reorder_percent) / 100.0);
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "eth0",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability,
+            "-j",
+            "CLASSIFY",
+            "--set-class",
+            "1:20",
+        ],
+    )?;
+    Ok(())
 }
 
 fn loss_rules(probability: &str) -> Vec<Vec<&str>> {
@@ -279,12 +364,16 @@ pub fn unimpair(id: u64) {
             "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
         ],
     );
-    // The stand-in's loss rules, whatever their probability: flush the statistic matches.
-    let rules = sh("ip", &["netns", "exec", &ns, "iptables", "-S"]).unwrap_or_default();
-    for line in rules.lines().filter(|l| l.contains("statistic")) {
-        let mut args = vec!["netns", "exec", &ns, "iptables", "-D"];
-        let rule: Vec<&str> = line.split_whitespace().skip(1).collect();
-        args.extend(rule);
-        sh_quiet("ip", &args);
+    // The stand-in's loss and slow-lane rules, whatever their probability: remove the
+    // statistic matches of both tables.
+    for table in ["filter", "mangle"] {
+        let rules =
+            sh("ip", &["netns", "exec", &ns, "iptables", "-t", table, "-S"]).unwrap_or_default();
+        for line in rules.lines().filter(|l| l.contains("statistic")) {
+            let mut args = vec!["netns", "exec", &ns, "iptables", "-t", table, "-D"];
+            let rule: Vec<&str> = line.split_whitespace().skip(1).collect();
+            args.extend(rule);
+            sh_quiet("ip", &args);
+        }
     }
 }
