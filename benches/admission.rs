@@ -18,6 +18,8 @@
 //! at the end; every node and etcd started is killed on drop, on error, on panic and on
 //! Ctrl-C, and dies with the bench if the bench itself is killed (PR_SET_PDEATHSIG).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
+use common::host::{git_commit, loadavg};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -1635,12 +1638,6 @@ fn ms(value: Option<Duration>) -> String {
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn raise_fd_limit() -> Result<()> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -1661,26 +1658,13 @@ fn raise_fd_limit() -> Result<()> {
     Ok(())
 }
 
+/// Stdout of `program args`, trimmed; empty if it can't run (for the report only).
 fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
         .unwrap_or_default()
-}
-
-/// HEAD of the checkout the bench was built from, and its uncommitted files if any (they
-/// are in the measured binary too).
-fn git_commit() -> String {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let head = command_output("git", &["-C", repo, "rev-parse", "--short=12", "HEAD"]);
-    let dirty = command_output("git", &["-C", repo, "status", "--porcelain"]);
-    let files: Vec<&str> = dirty.lines().map(|l| l.get(3..).unwrap_or(l)).collect();
-    match (head.is_empty(), files.is_empty()) {
-        (true, _) => "unknown (not a git checkout)".into(),
-        (false, true) => head,
-        (false, false) => format!("{head} + uncommitted: {}", files.join(", ")),
-    }
 }
 
 // ---------------------------------------------------------------------------------------

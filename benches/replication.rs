@@ -48,6 +48,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use common::content::Corpus;
+use common::host::{command_output, git_commit, loadavg};
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_quorumcast");
 const MIB: u64 = 1024 * 1024;
@@ -2316,47 +2317,6 @@ fn other_benchmarks() -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
-}
-
-fn command_output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("run {program}"))?;
-    ensure!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn git_commit() -> String {
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let head = command_output("git", &["-C", repo, "rev-parse", "--short=12", "HEAD"]);
-    let dirty = command_output(
-        "git",
-        &["-C", repo, "status", "--porcelain", "--untracked-files=no"],
-    );
-    match (head, dirty) {
-        (Ok(head), Ok(dirty)) if dirty.trim().is_empty() => head.trim().to_string(),
-        (Ok(head), Ok(dirty)) => format!(
-            "{} + uncommitted changes in: {}",
-            head.trim(),
-            dirty
-                .lines()
-                .map(|l| l.get(3..).unwrap_or(l).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        _ => "unknown (not a git checkout)".into(),
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn mbps(bytes: u64, elapsed: Duration) -> f64 {
