@@ -95,7 +95,8 @@ usage: cargo bench --bench admission [-- OPTIONS]
   --dir-root DIR        where the temp dir (node and etcd data) goes (default /var/tmp)
   --node-log FILTER     RUST_LOG of the nodes (default: unset, the binary's own default)
   --client-threads N    tokio worker threads of the load generator (default 1)
-  --keep                keep the temp dir (configs, data, node and etcd logs) at the end";
+  --keep                keep the temp dir (configs, data, node and etcd logs) at the end
+  --node-bin PATH       run this quorumcast binary instead of the one cargo built (A/B runs)";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -107,6 +108,8 @@ struct Options {
     node_log: Option<String>,
     client_threads: usize,
     keep: bool,
+    /// The binary the set runs (a copy of it): cargo's build unless `--node-bin`.
+    node_bin: PathBuf,
 }
 
 impl Options {
@@ -120,6 +123,7 @@ impl Options {
             node_log: None,
             client_threads: 1,
             keep: false,
+            node_bin: PathBuf::from(BUILT_BIN),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -148,6 +152,7 @@ impl Options {
                 "--node-log" => o.node_log = Some(value()?),
                 "--client-threads" => o.client_threads = value()?.parse()?,
                 "--keep" => o.keep = true,
+                "--node-bin" => o.node_bin = PathBuf::from(value()?),
                 "--help" | "-h" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -210,7 +215,7 @@ async fn run(o: Options) -> Result<()> {
         .with_context(|| format!("temp dir under {}", o.dir_root.display()))?;
     let root = work.path().to_path_buf();
     let bin = root.join("quorumcast");
-    std::fs::copy(BUILT_BIN, &bin).with_context(|| format!("copy {BUILT_BIN}"))?;
+    std::fs::copy(&o.node_bin, &bin).with_context(|| format!("copy {}", o.node_bin.display()))?;
     print_setup(&o, &root, &etcd_version)?;
 
     let mut qc = QcSet::start(&root, bin, &o)?;
@@ -1698,8 +1703,14 @@ fn print_setup(o: &Options, root: &Path, etcd_version: &str) -> Result<()> {
         root.display()
     );
     println!(
-        "  quorumcast  3 nodes on loopback, {BUILT_BIN} (bench profile = release, run as a copy), \
+        "  quorumcast  3 nodes on loopback, {} ({}, run as a copy), \
          heartbeat {HEARTBEAT_MS} ms, election {}-{} ms, RUST_LOG {}",
+        o.node_bin.display(),
+        if o.node_bin == Path::new(BUILT_BIN) {
+            "bench profile = release"
+        } else {
+            "--node-bin"
+        },
         o.election_ms.0,
         o.election_ms.1,
         o.node_log.as_deref().unwrap_or("unset (binary default)")

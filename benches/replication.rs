@@ -118,6 +118,7 @@ usage: cargo bench --bench replication [-- OPTIONS]
   --node-log FILTER       RUST_LOG of the nodes (info)
   --client-threads N      tokio worker threads of the load generator (1)
   --keep                  keep the temp dir (node logs, recordings) and print its path
+  --node-bin PATH         run this quorumcast binary instead of the one cargo built (A/B runs)
   --seed N                seed of the content generator (42)";
 
 #[derive(Debug, Clone)]
@@ -140,6 +141,8 @@ struct Options {
     client_threads: usize,
     keep: bool,
     seed: u64,
+    /// The binary the set runs (a copy of it): cargo's build unless `--node-bin`.
+    node_bin: PathBuf,
 }
 
 impl Options {
@@ -163,6 +166,7 @@ impl Options {
             client_threads: 1,
             keep: false,
             seed: 42,
+            node_bin: PathBuf::from(NODE_BIN),
         }
     }
 
@@ -201,6 +205,7 @@ impl Options {
                 "--node-log" => o.node_log = value()?,
                 "--client-threads" => o.client_threads = value()?.parse()?,
                 "--keep" => o.keep = true,
+                "--node-bin" => o.node_bin = PathBuf::from(value()?),
                 "--seed" => o.seed = value()?.parse()?,
                 "--help" | "-h" => {
                     println!("{USAGE}");
@@ -291,7 +296,7 @@ async fn run(o: Options) -> Result<()> {
     let machine = Machine::describe(work.path())?;
     machine.print(&o, work.path());
     let corpus = Arc::new(Corpus::generate(o.seed, 32 * MIB as usize, o.chunk_bytes));
-    let mut set = RecorderSet::create(work.path(), &o.node_log)?;
+    let mut set = RecorderSet::create(work.path(), &o.node_bin, &o.node_log)?;
     let leader = set.wait_healthy().await?;
     progress(&format!("set healthy, leader node {}", leader + 1));
     let mut goals = Vec::new();
@@ -1737,9 +1742,9 @@ struct RecorderSet {
 
 impl RecorderSet {
     /// A CA, one certificate and TOML config per node, and the 3 nodes started.
-    fn create(root: &Path, log_filter: &str) -> Result<RecorderSet> {
+    fn create(root: &Path, node_bin: &Path, log_filter: &str) -> Result<RecorderSet> {
         let bin = root.join("quorumcast");
-        std::fs::copy(NODE_BIN, &bin).with_context(|| format!("copy {NODE_BIN}"))?;
+        std::fs::copy(node_bin, &bin).with_context(|| format!("copy {}", node_bin.display()))?;
         run_quorumcast(
             &bin,
             &["certs", "init", "--out", path_str(&root.join("ca"))?],
@@ -2273,7 +2278,13 @@ impl Machine {
             );
         }
         println!(
-            "  set       3 x quorumcast node (copied from {NODE_BIN}, bench profile = release) on 127.0.0.1, RUST_LOG={},",
+            "  set       3 x quorumcast node (copied from {}, {}) on 127.0.0.1, RUST_LOG={},",
+            o.node_bin.display(),
+            if o.node_bin == Path::new(NODE_BIN) {
+                "bench profile = release"
+            } else {
+                "--node-bin"
+            },
             o.node_log
         );
         println!(
