@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::wire::{read_frame, write_frame, OpenCopy, ToOwner, ToReplica, WireError, MAX_CHUNK};
+use super::wire::{
+    read_frame, write_data, write_frame, OpenCopy, ToOwner, ToReplica, WireError, MAX_CHUNK,
+};
 use crate::cluster::transport::{StreamKind, Transport};
 use crate::cluster::types::NodeId;
 use crate::storage::index::SessionState;
@@ -268,6 +270,7 @@ impl ReplicaTask {
         mut sent: u64,
     ) -> Result<(), StreamError> {
         let mut seal_sent = false;
+        let (mut written_open, mut seal_open) = (true, true);
         loop {
             let written = *self.written.borrow_and_update();
             let seal = *self.seal.borrow_and_update();
@@ -291,8 +294,8 @@ impl ReplicaTask {
                         ToOwner::Refused { reason, fence } => return Err(self.refusal(reason, fence)),
                     }
                 }
-                _ = self.written.changed() => {}
-                _ = self.seal.changed() => {}
+                () = changed_or_idle(&mut self.written, &mut written_open) => {}
+                () = changed_or_idle(&mut self.seal, &mut seal_open) => {}
                 _ = tokio::time::sleep(super::owner::PING_INTERVAL) => {
                     write_frame(send, &ToReplica::Ping.encode()?).await?;
                 }
@@ -319,11 +322,7 @@ impl ReplicaTask {
             )));
         }
         let len = bytes.len() as u64;
-        let frame = ToReplica::Data {
-            offset: from,
-            bytes: Bytes::from(bytes),
-        };
-        write_frame(send, &frame.encode()?).await?;
+        write_data(send, from, Bytes::from(bytes)).await?;
         Ok(len)
     }
 
@@ -346,9 +345,46 @@ impl ReplicaTask {
     }
 }
 
+/// Waits for a new value in `rx`; once its sender is gone (`open` turns false) it never
+/// returns. A bare `changed()` would return an error at once, forever, after the session
+/// drops its sender at the end, and the follow loop would spin at full CPU until the
+/// replica confirmed the seal (up to [`super::SEAL_STRAGGLERS`] for a stalled one). A value
+/// sent just before the sender went still wakes the waiter once.
+async fn changed_or_idle<T>(rx: &mut watch::Receiver<T>, open: &mut bool) {
+    if *open && rx.changed().await.is_ok() {
+        return;
+    }
+    *open = false;
+    std::future::pending::<()>().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_whose_sender_is_gone_wakes_for_its_last_value_then_never_again() {
+        let (tx, mut rx) = watch::channel(0u64);
+        let mut open = true;
+        tx.send_replace(5);
+        drop(tx);
+        let first =
+            tokio::time::timeout(Duration::from_secs(1), changed_or_idle(&mut rx, &mut open));
+        assert!(
+            first.await.is_ok(),
+            "the last value must still wake the waiter"
+        );
+        assert_eq!(*rx.borrow_and_update(), 5);
+        for _ in 0..3 {
+            let again =
+                tokio::time::timeout(Duration::from_secs(1), changed_or_idle(&mut rx, &mut open));
+            assert!(
+                again.await.is_err(),
+                "a closed watch must not wake the loop again"
+            );
+            assert!(!open);
+        }
+    }
 
     /// Regression (chaos-tests, fixed in 2c05aba): the seal wait kept the watch's read
     /// guard while it borrowed the watch again; with a replica's confirmation (a writer)

@@ -89,6 +89,25 @@ mod tag {
     pub const TO_OWNER: u8 = 10;
 }
 
+/// Length of a `Data` frame's bytes before the recording bytes: tag, body length, offset.
+pub const DATA_HEADER: usize = 1 + 4 + 8;
+
+/// The head of a `Data` frame carrying `len` recording bytes at `offset`, so that a sender
+/// can hand the recording bytes to the stream as they are, without copying them into a
+/// frame ([`write_data`]).
+pub fn data_header(offset: u64, len: usize) -> Result<[u8; DATA_HEADER], WireError> {
+    let body = 8usize.saturating_add(len);
+    let body = match u32::try_from(body) {
+        Ok(body) if body <= MAX_BODY => body,
+        _ => return Err(WireError::TooLarge(u32::try_from(body).unwrap_or(u32::MAX))),
+    };
+    let mut head = [0u8; DATA_HEADER];
+    head[0] = tag::DATA;
+    head[1..5].copy_from_slice(&body.to_be_bytes());
+    head[5..].copy_from_slice(&offset.to_be_bytes());
+    Ok(head)
+}
+
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + body.len());
     out.push(tag);
@@ -112,10 +131,10 @@ impl ToReplica {
         match self {
             ToReplica::Open(open) => Ok(frame(tag::OPEN, &json(open)?)),
             ToReplica::Data { offset, bytes } => {
-                let mut body = Vec::with_capacity(8 + bytes.len());
-                body.extend_from_slice(&offset.to_be_bytes());
-                body.extend_from_slice(bytes);
-                Ok(frame(tag::DATA, &body))
+                let mut out = Vec::with_capacity(DATA_HEADER + bytes.len());
+                out.extend_from_slice(&data_header(*offset, bytes.len())?);
+                out.extend_from_slice(bytes);
+                Ok(out)
             }
             ToReplica::Ping => Ok(frame(tag::PING, &[])),
             ToReplica::Seal { len, state } => Ok(frame(
@@ -195,6 +214,18 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(
         .map_err(|e| WireError::Stream(e.to_string()))
 }
 
+/// Sends a `Data` frame without copying `bytes`: quinn keeps the `Bytes` it is given.
+pub async fn write_data(
+    send: &mut quinn::SendStream,
+    offset: u64,
+    bytes: Bytes,
+) -> Result<(), WireError> {
+    let head = Bytes::copy_from_slice(&data_header(offset, bytes.len())?);
+    send.write_all_chunks(&mut [head, bytes])
+        .await
+        .map_err(|e| WireError::Stream(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +258,25 @@ mod tests {
             len: 9,
             state: SessionState::Complete,
         });
+    }
+
+    #[test]
+    fn a_data_header_is_the_head_of_the_encoded_frame_and_refuses_oversized_chunks() {
+        let bytes = Bytes::from_static(b"[1.5,\"o\",\"x\"]\n");
+        let encoded = ToReplica::Data {
+            offset: 77,
+            bytes: bytes.clone(),
+        }
+        .encode()
+        .expect("encode");
+        let head = data_header(77, bytes.len()).expect("header");
+        assert_eq!(&encoded[..DATA_HEADER], &head);
+        assert_eq!(&encoded[DATA_HEADER..], &bytes[..]);
+        assert!(data_header(0, MAX_CHUNK).is_ok());
+        assert!(matches!(
+            data_header(0, MAX_BODY as usize),
+            Err(WireError::TooLarge(_))
+        ));
     }
 
     #[test]
