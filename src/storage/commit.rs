@@ -38,12 +38,14 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the commit thread. It ends when every handle is dropped.
+    /// Starts the commit thread and its fsync helpers. They end when every handle is
+    /// dropped.
     pub fn start() -> std::io::Result<Committer> {
         let (queue, rx) = mpsc::channel(QUEUE_BOUND);
+        let helpers = SyncHelpers::start(SYNC_PARALLELISM - 1)?;
         std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || run(rx))?;
+            .spawn(move || run(rx, &helpers))?;
         Ok(Committer { queue })
     }
 
@@ -59,19 +61,19 @@ impl Committer {
     }
 }
 
-fn run(mut rx: mpsc::Receiver<Request>) {
+fn run(mut rx: mpsc::Receiver<Request>, helpers: &SyncHelpers) {
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        commit_round(&mut batch);
+        commit_round(&mut batch, helpers);
     }
 }
 
 /// Syncs each distinct file of the batch once and answers every request.
-fn commit_round(batch: &mut Vec<Request>) {
+fn commit_round(batch: &mut Vec<Request>, helpers: &SyncHelpers) {
     let started = Instant::now();
     let mut files: HashMap<*const File, Arc<File>> = HashMap::new();
     for request in batch.iter() {
@@ -80,12 +82,15 @@ fn commit_round(batch: &mut Vec<Request>) {
             .or_insert_with(|| request.file.clone());
     }
     let files: Vec<Arc<File>> = files.into_values().collect();
-    let results = sync_all(&files);
+    let results: HashMap<*const File, std::io::Result<()>> = files
+        .iter()
+        .map(Arc::as_ptr)
+        .zip(helpers.sync_all(&files))
+        .collect();
     metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::histogram!(m::COMMIT_BATCH_FILES).record(files.len() as f64);
     for request in batch.drain(..) {
-        let position = files.iter().position(|f| Arc::ptr_eq(f, &request.file));
-        let result = match position.and_then(|i| results.get(i)) {
+        let result = match results.get(&Arc::as_ptr(&request.file)) {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
             None => Err(std::io::Error::other("file missing from commit round")),
@@ -95,26 +100,65 @@ fn commit_round(batch: &mut Vec<Request>) {
     }
 }
 
-fn sync_all(files: &[Arc<File>]) -> Vec<std::io::Result<()>> {
-    if files.len() <= 1 {
-        return files.iter().map(|f| f.sync_data()).collect();
+/// A share of a round's files for one helper, and where its results go.
+type SyncJob = (
+    Vec<Arc<File>>,
+    std::sync::mpsc::SyncSender<Vec<std::io::Result<()>>>,
+);
+
+/// Long-lived threads that fsync a share of a round's files beside the commit thread, so
+/// a round with several files doesn't start (and tear down) threads each time.
+struct SyncHelpers {
+    /// One job queue per helper; bound 1: a helper has at most one share of one round.
+    jobs: Vec<std::sync::mpsc::SyncSender<SyncJob>>,
+}
+
+impl SyncHelpers {
+    fn start(count: usize) -> std::io::Result<SyncHelpers> {
+        let mut jobs = Vec::with_capacity(count);
+        for i in 0..count {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<SyncJob>(1);
+            std::thread::Builder::new()
+                .name(format!("fsync-{i}"))
+                .spawn(move || {
+                    for (files, reply) in rx {
+                        let _ = reply.send(files.iter().map(|f| f.sync_data()).collect());
+                    }
+                })?;
+            jobs.push(tx);
+        }
+        Ok(SyncHelpers { jobs })
     }
-    let per_thread = files.len().div_ceil(SYNC_PARALLELISM);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || chunk.iter().map(|f| f.sync_data()).collect::<Vec<_>>())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec![Err(std::io::Error::other("fsync thread panicked"))])
-            })
-            .collect()
-    })
+
+    /// `fdatasync` of every file, spread over this thread and the helpers; results in the
+    /// order of `files`.
+    fn sync_all(&self, files: &[Arc<File>]) -> Vec<std::io::Result<()>> {
+        if files.len() <= 1 || self.jobs.is_empty() {
+            return files.iter().map(|f| f.sync_data()).collect();
+        }
+        let per_share = files.len().div_ceil(self.jobs.len() + 1);
+        let mut shares = files.chunks(per_share);
+        let own = shares.next().unwrap_or_default();
+        let mut waiting = Vec::new();
+        for (share, helper) in shares.zip(&self.jobs) {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            match helper.send((share.to_vec(), reply)) {
+                Ok(()) => waiting.push((share.len(), Some(answer))),
+                // A helper that died: this share fails rather than hang the round.
+                Err(_) => waiting.push((share.len(), None)),
+            }
+        }
+        let mut results: Vec<std::io::Result<()>> = own.iter().map(|f| f.sync_data()).collect();
+        for (len, answer) in waiting {
+            match answer.and_then(|a| a.recv().ok()) {
+                Some(share) if share.len() == len => results.extend(share),
+                _ => results.extend(
+                    (0..len).map(|_| Err(std::io::Error::other("fsync helper thread stopped"))),
+                ),
+            }
+        }
+        results
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +180,25 @@ mod tests {
         }
         for w in waits {
             w.await.expect("join").expect("sync");
+        }
+    }
+
+    #[test]
+    fn helpers_answer_every_file_of_a_round_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let helpers = SyncHelpers::start(3).expect("helpers");
+        for count in [0, 1, 2, 7, 40] {
+            let files: Vec<Arc<File>> = (0..count)
+                .map(|i| {
+                    let mut f =
+                        File::create(dir.path().join(format!("r{count}-{i}"))).expect("create");
+                    f.write_all(b"x").expect("write");
+                    Arc::new(f)
+                })
+                .collect();
+            let results = helpers.sync_all(&files);
+            assert_eq!(results.len(), count);
+            assert!(results.iter().all(|r| r.is_ok()));
         }
     }
 }

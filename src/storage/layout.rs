@@ -79,21 +79,36 @@ pub fn candidate_name(stem: &str, tag: Option<u64>, n: u32) -> String {
 /// Creates `<dir>/<name>` exclusively (fails with `AlreadyExists` if it is there), and
 /// makes its directory entry durable.
 pub fn create_new(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
-    std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
-    let file = OpenOptions::new()
+    let file = in_dir(dir, || open_new(&path))?;
+    sync_dir(dir)?;
+    Ok((path, file))
+}
+
+/// Runs `create` (a file creation in `dir`) and, only if `dir` is missing, creates it and
+/// tries once more: the directory of an SSH server that recorded before exists, and
+/// checking it on every session start would cost a `mkdir` and `stat`s per path level.
+pub fn in_dir<T>(dir: &Path, mut create: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            create()
+        }
+        other => other,
+    }
+}
+
+fn open_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)?;
-    sync_dir(dir)?;
-    Ok((path, file))
+        .open(path)
 }
 
 /// Creates `<dir>/<stem>.cast` (or `<stem>-N.cast` if taken) exclusively, so two sessions
 /// that start in the same second never share a file.
 pub fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(PathBuf, File)> {
-    std::fs::create_dir_all(dir)?;
     for n in 0..MAX_COLLISIONS {
         let name = if n == 0 {
             format!("{stem}.{ext}")
@@ -101,12 +116,7 @@ pub fn create_unique(dir: &Path, stem: &str, ext: &str) -> io::Result<(PathBuf, 
             format!("{stem}-{n}.{ext}")
         };
         let path = dir.join(name);
-        match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
+        match in_dir(dir, || open_new(&path)) {
             Ok(file) => {
                 sync_dir(dir)?;
                 return Ok((path, file));

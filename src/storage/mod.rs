@@ -174,18 +174,25 @@ impl Storage {
         let (file, len) = tokio::task::spawn_blocking({
             let path = path.clone();
             move || -> Result<(File, u64), StorageError> {
-                std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-                let existed = path.exists();
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(io_at(&path))?;
-                if !existed {
-                    layout::sync_dir(&dir).map_err(io_at(&dir))?;
-                }
+                let open = |create_new: bool| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(create_new)
+                        .open(&path)
+                };
+                // A new copy (the usual case) needs its directory entry made durable; an
+                // existing one (a stream resumed after a break) continues at its end.
+                let file = match layout::in_dir(&dir, || open(true)) {
+                    Ok(file) => {
+                        layout::sync_dir(&dir).map_err(io_at(&dir))?;
+                        file
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        open(false).map_err(io_at(&path))?
+                    }
+                    Err(e) => return Err(io_at(&path)(e)),
+                };
                 let len = file.metadata().map_err(io_at(&path))?.len();
                 Ok((file, len))
             }
