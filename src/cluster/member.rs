@@ -561,7 +561,7 @@ impl Member {
             if live_only {
                 s.live_sessions().cloned().collect()
             } else {
-                s.sessions.values().cloned().collect()
+                s.sessions().values().cloned().collect()
             }
         });
         sessions.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then(a.id.cmp(&b.id)));

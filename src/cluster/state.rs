@@ -18,13 +18,67 @@ use super::types::{
 };
 
 /// Everything the cluster agreed on, as of some applied log index.
+///
+/// Serialized (snapshots) as [`StoredState`]: the derived lookups are rebuilt on load, not
+/// stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredState", into = "StoredState")]
 pub struct ClusterState {
     /// Last disk report of each member that reported.
     pub nodes: BTreeMap<NodeId, DiskReport>,
-    /// Every session the cluster knows, live or ended, by id.
-    pub sessions: BTreeMap<String, SessionEntry>,
+    /// Every session the cluster knows, live or ended, by id. Changed only by [`Self::apply`],
+    /// which keeps `live` and `names` in step with it.
+    sessions: BTreeMap<String, SessionEntry>,
     pub settings: Settings,
+    /// Ids of the live sessions. `sessions` grows with every recording ever made, while
+    /// each claim (replica load) and the orphan sweep only look at live ones: without this
+    /// they would scan the whole history, on every node, for every claim.
+    live: BTreeSet<String>,
+    /// `(node dir, file name)` of every session: the set-wide unique-name check of a claim,
+    /// in O(log n) instead of a scan of the history.
+    names: BTreeSet<(String, String)>,
+}
+
+/// What a snapshot holds of a [`ClusterState`] (same fields, same order as before the
+/// derived lookups existed, so older snapshots still load).
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredState {
+    nodes: BTreeMap<NodeId, DiskReport>,
+    sessions: BTreeMap<String, SessionEntry>,
+    settings: Settings,
+}
+
+impl From<StoredState> for ClusterState {
+    fn from(stored: StoredState) -> Self {
+        let live = stored
+            .sessions
+            .values()
+            .filter(|s| s.state == ClusterSessionState::Live)
+            .map(|s| s.id.clone())
+            .collect();
+        let names = stored.sessions.values().map(name_of).collect();
+        ClusterState {
+            nodes: stored.nodes,
+            sessions: stored.sessions,
+            settings: stored.settings,
+            live,
+            names,
+        }
+    }
+}
+
+impl From<ClusterState> for StoredState {
+    fn from(state: ClusterState) -> Self {
+        StoredState {
+            nodes: state.nodes,
+            sessions: state.sessions,
+            settings: state.settings,
+        }
+    }
+}
+
+fn name_of(session: &SessionEntry) -> (String, String) {
+    (session.node_dir.clone(), session.file_name.clone())
 }
 
 /// Internal result of one rule: the reply, or the reason for a rejection.
@@ -88,11 +142,14 @@ impl ClusterState {
         self.nodes.retain(|node, _| members.contains(node));
     }
 
-    /// Sessions still accepting bytes.
+    /// Sessions still accepting bytes, by id.
     pub fn live_sessions(&self) -> impl Iterator<Item = &SessionEntry> {
-        self.sessions
-            .values()
-            .filter(|s| s.state == ClusterSessionState::Live)
+        self.live.iter().filter_map(|id| self.sessions.get(id))
+    }
+
+    /// Every session the cluster knows, live or ended, by id.
+    pub fn sessions(&self) -> &BTreeMap<String, SessionEntry> {
+        &self.sessions
     }
 
     /// Sessions whose current (or, once ended, last) owner is `node`, in any state.
@@ -157,11 +214,8 @@ impl ClusterState {
         }
         // Every replica stores the recording at the same path: a name must be unique in
         // the whole set, not only on the node that picked it.
-        let taken = self
-            .sessions
-            .values()
-            .any(|s| s.node_dir == entry.node_dir && s.file_name == entry.file_name);
-        if taken {
+        let name = name_of(&entry);
+        if self.names.contains(&name) {
             return Err(format!(
                 "{NAME_TAKEN}: {}/{}",
                 entry.node_dir, entry.file_name
@@ -172,6 +226,8 @@ impl ClusterState {
             epoch: entry.epoch,
             replicas: entry.replicas.clone(),
         };
+        self.names.insert(name);
+        self.live.insert(entry.id.clone());
         self.sessions.insert(entry.id.clone(), entry);
         Ok(reply)
     }
@@ -286,6 +342,7 @@ impl ClusterState {
         match session.state {
             ClusterSessionState::Live => {
                 session.state = state;
+                self.live.remove(id);
                 Ok(CommandResponse::Ok)
             }
             current if current == state => Ok(CommandResponse::Ok),

@@ -366,6 +366,17 @@ fn check_step(
             prop_assert_eq!(new.state, old.state, "ended session {} changed state", id);
         }
     }
+    // The derived lookups say what a scan of the whole table would.
+    let live: Vec<&str> = after
+        .sessions
+        .values()
+        .filter(|s| s.state == ClusterSessionState::Live)
+        .map(|s| s.id.as_str())
+        .collect();
+    let indexed: Vec<&str> = after.live_sessions().map(|s| s.id.as_str()).collect();
+    prop_assert_eq!(live, indexed, "live index out of step");
+    let names: BTreeSet<(String, String)> = after.sessions.values().map(name_of).collect();
+    prop_assert_eq!(&names, &after.names, "name index out of step");
     for session in after.sessions.values() {
         prop_assert_eq!(session.replicas.first(), Some(&session.owner));
         let distinct: BTreeSet<_> = session.replicas.iter().collect();
@@ -522,4 +533,48 @@ fn a_batch_applies_each_command_on_its_own() {
     assert!(matches!(answers[2], CommandResponse::Claimed { .. }));
     assert!(is_rejected(&answers[3]), "no nesting");
     assert_eq!(st.sessions.len(), 2);
+}
+
+#[test]
+fn a_snapshot_round_trip_rebuilds_the_live_and_name_lookups_and_keeps_the_stored_fields() {
+    let members = BTreeSet::from([1, 2, 3]);
+    let mut st = ClusterState::default();
+    for (id, owner) in [("a", 1), ("b", 2), ("c", 3)] {
+        assert!(!is_rejected(
+            &st.apply(&claim(id, owner, &[1, 2, 3]), &members)
+        ));
+    }
+    let ended = Command::EndSession {
+        id: "b".into(),
+        state: ClusterSessionState::Sealed,
+        epoch: 1,
+    };
+    assert!(!is_rejected(&st.apply(&ended, &members)));
+    let json = serde_json::to_value(&st).expect("encode");
+    let keys: Vec<&str> = json
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["nodes", "sessions", "settings"],
+        "derived lookups must not be stored"
+    );
+    let back: ClusterState = serde_json::from_value(json).expect("decode");
+    assert_eq!(back, st);
+    let live: Vec<&str> = back.live_sessions().map(|s| s.id.as_str()).collect();
+    assert_eq!(live, ["a", "c"]);
+    // The name of an ended session stays taken.
+    let again = Command::ClaimSession {
+        id: "d".into(),
+        owner: 1,
+        node_dir: st.sessions["b"].node_dir.clone(),
+        file_name: st.sessions["b"].file_name.clone(),
+        started_at_ms: 0,
+        up: vec![1, 2, 3],
+    };
+    let mut back = back;
+    assert!(is_rejected(&back.apply(&again, &members)));
 }

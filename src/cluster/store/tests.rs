@@ -161,7 +161,7 @@ async fn state_machine_restores_from_snapshot_then_replays_log() {
         Some(log_id(1, 3)),
         "from the snapshot"
     );
-    assert_eq!(reader.read(|s| s.sessions.len()), 2);
+    assert_eq!(reader.read(|s| s.sessions().len()), 2);
     assert_eq!(
         reader.last_membership().log_id(),
         &Some(log_id(1, 1)),
@@ -206,7 +206,7 @@ async fn installed_snapshot_replaces_state_and_persists() {
             .install_snapshot(&snap.meta, snap.snapshot)
             .await
             .expect("install");
-        assert_eq!(follower.reader().read(|s| s.sessions.len()), 1);
+        assert_eq!(follower.reader().read(|s| s.sessions().len()), 1);
     }
     let (_log, follower) = open(follower_dir.path()).await.expect("reopen");
     let reader = follower.reader();
@@ -398,7 +398,7 @@ async fn single_node_raft_commits_snapshots_and_restarts() {
     }
     let (raft, reader) = start_raft(dir.path()).await;
     // Raft::new restored the snapshot and re-applied the committed entry after it.
-    let ids: Vec<String> = reader.read(|s| s.sessions.keys().cloned().collect());
+    let ids: Vec<String> = reader.read(|s| s.sessions().keys().cloned().collect());
     assert_eq!(ids, vec!["a".to_string(), "b".to_string()]);
     assert_eq!(
         members_of(reader.last_membership().membership()),
