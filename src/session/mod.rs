@@ -14,7 +14,7 @@
 
 pub mod pipeline;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -229,17 +229,23 @@ impl Admission for Standalone {
     }
 }
 
+/// Sessions being claimed or taken over here, with how many attempts are in flight for
+/// each: two overlapping attempts for one id (a client retrying while its first request
+/// still waits on Raft) must not clear each other's mark.
+type ArrivingSet = Mutex<HashMap<String, usize>>;
+
 /// Marks a session as arriving here for as long as it lives (a claim or takeover in flight).
 struct Arriving<'a> {
-    set: &'a Mutex<HashSet<String>>,
+    set: &'a ArrivingSet,
     id: String,
 }
 
 impl<'a> Arriving<'a> {
-    fn mark(set: &'a Mutex<HashSet<String>>, id: &str) -> Self {
-        set.lock()
+    fn mark(set: &'a ArrivingSet, id: &str) -> Self {
+        *set.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string());
+            .entry(id.to_string())
+            .or_insert(0) += 1;
         Arriving {
             set,
             id: id.to_string(),
@@ -249,10 +255,13 @@ impl<'a> Arriving<'a> {
 
 impl Drop for Arriving<'_> {
     fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = set.get_mut(&self.id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                set.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -276,7 +285,7 @@ pub struct SessionManager {
     /// Sessions being claimed or taken over here, before they are live. Their owner in the
     /// cluster state is already this node, so without this set the orphan sweeper would
     /// see an owner that doesn't stream them and adopt them under the arriving client.
-    arriving: Mutex<HashSet<String>>,
+    arriving: ArrivingSet,
     /// Cancelled on shutdown: every session stops reading, syncs, and is marked.
     shutdown: CancellationToken,
     /// Standalone, or the recorder set's claims through Raft.
@@ -298,7 +307,7 @@ impl SessionManager {
             storage,
             config,
             live: Mutex::new(HashMap::new()),
-            arriving: Mutex::new(HashSet::new()),
+            arriving: Mutex::new(HashMap::new()),
             shutdown,
             admission,
             handoff: Mutex::new(CancellationToken::new()),
@@ -579,7 +588,7 @@ impl SessionManager {
                 .arriving
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(id)
+                .contains_key(id)
     }
 
     /// Called by a session as it ends, after its final record is stored.
@@ -616,6 +625,19 @@ impl SessionManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_arrivals_of_one_id_keep_it_marked_until_the_last_ends() {
+        let set = ArrivingSet::default();
+        let here = |set: &ArrivingSet| set.lock().expect("lock").contains_key("s");
+        let first = Arriving::mark(&set, "s");
+        let second = Arriving::mark(&set, "s");
+        drop(first);
+        assert!(here(&set), "the second attempt is still in flight");
+        drop(second);
+        assert!(!here(&set));
+        assert!(set.lock().expect("lock").is_empty(), "no count left behind");
+    }
 
     /// Admission whose claims and takeovers wait until the test lets them through.
     struct Gate {
