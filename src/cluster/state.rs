@@ -77,6 +77,17 @@ impl From<ClusterState> for StoredState {
     }
 }
 
+/// Whether `claim` is a repeat of the claim that created `existing`: same owner and
+/// recording, and nothing happened to the session since (still live at epoch 1).
+fn same_claim(existing: &SessionEntry, claim: &SessionEntry) -> bool {
+    existing.state == ClusterSessionState::Live
+        && existing.epoch == 1
+        && existing.owner == claim.owner
+        && existing.node_dir == claim.node_dir
+        && existing.file_name == claim.file_name
+        && existing.started_at_ms == claim.started_at_ms
+}
+
 fn name_of(session: &SessionEntry) -> (String, String) {
     (session.node_dir.clone(), session.file_name.clone())
 }
@@ -201,8 +212,17 @@ impl ClusterState {
         if entry.id.is_empty() {
             return Err("empty session id".into());
         }
-        if self.sessions.contains_key(&entry.id) {
-            return Err(format!("session {} already exists", entry.id));
+        if let Some(existing) = self.sessions.get(&entry.id) {
+            // A retried proposal (its first forward timed out after the leader had it)
+            // gets the answer the first one got, instead of a refusal of a session this
+            // very node holds.
+            if !same_claim(existing, &entry) {
+                return Err(format!("session {} already exists", entry.id));
+            }
+            return Ok(CommandResponse::Claimed {
+                epoch: existing.epoch,
+                replicas: existing.replicas.clone(),
+            });
         }
         let owner = entry.owner;
         if !members.contains(&owner) {
@@ -283,6 +303,13 @@ impl ClusterState {
                 "session {id} is {}, not live",
                 session.state.as_str()
             ));
+        }
+        if session.owner == new_owner && session.epoch == from_epoch.saturating_add(1) {
+            // A retried takeover whose first proposal was applied: the same answer again.
+            return Ok(CommandResponse::Claimed {
+                epoch: session.epoch,
+                replicas: session.replicas.clone(),
+            });
         }
         if session.epoch != from_epoch {
             return Err(format!(

@@ -84,8 +84,8 @@ fn claim_rejections_change_nothing() {
     st.apply(&report(2, DiskState::Pressure), &m);
     let before = st.clone();
     assert!(
-        is_rejected(&st.apply(&claim("a", 1, &[2, 3]), &m)),
-        "duplicate id"
+        is_rejected(&st.apply(&claim("a", 2, &[2, 3]), &m)),
+        "duplicate id from another owner"
     );
     assert!(
         is_rejected(&st.apply(&claim("b", 7, &[2, 3]), &m)),
@@ -121,8 +121,14 @@ fn take_over_bumps_epoch_and_keeps_survivors() {
     assert_eq!(epoch, 2);
     assert_eq!(replicas[0], 3);
     assert_eq!(replicas.len(), 3, "the old replicas stay: {replicas:?}");
+    let rival = Command::TakeOver {
+        id: "a".into(),
+        new_owner: 4,
+        from_epoch: 1,
+        up: vec![2, 3, 4],
+    };
     assert!(
-        is_rejected(&st.apply(&take, &m)),
+        is_rejected(&st.apply(&rival, &m)),
         "a second takeover from epoch 1 loses the race"
     );
     let session = st.session("a").expect("session");
@@ -384,6 +390,15 @@ fn check_step(
         prop_assert!(session.epoch >= 1);
     }
     match (cmd, resp) {
+        (Command::ClaimSession { id, .. }, CommandResponse::Claimed { epoch, replicas })
+            if before.sessions.contains_key(id) =>
+        {
+            // A repeated claim: the first answer again, nothing changed.
+            let existing = &before.sessions[id];
+            prop_assert_eq!(*epoch, existing.epoch);
+            prop_assert_eq!(replicas, &existing.replicas);
+            prop_assert_eq!(before, after, "a repeated claim changed the state");
+        }
         (
             Command::ClaimSession { id, owner, up, .. },
             CommandResponse::Claimed { epoch, replicas },
@@ -410,6 +425,21 @@ fn check_step(
         {
             prop_assert!(is_rejected(resp), "stale epoch accepted");
             prop_assert_eq!(&before.sessions[id], &after.sessions[id]);
+        }
+        (
+            Command::TakeOver {
+                id,
+                new_owner,
+                from_epoch,
+                ..
+            },
+            CommandResponse::Claimed { epoch, .. },
+        ) if before.sessions[id].epoch == from_epoch + 1
+            && before.sessions[id].owner == *new_owner =>
+        {
+            // A repeated takeover: the first answer again, nothing changed.
+            prop_assert_eq!(*epoch, before.sessions[id].epoch);
+            prop_assert_eq!(before, after, "a repeated takeover changed the state");
         }
         (Command::TakeOver { id, .. }, CommandResponse::Claimed { epoch, .. }) => {
             prop_assert_eq!(*epoch, before.sessions[id].epoch + 1);
@@ -577,4 +607,40 @@ fn a_snapshot_round_trip_rebuilds_the_live_and_name_lookups_and_keeps_the_stored
     };
     let mut back = back;
     assert!(is_rejected(&back.apply(&again, &members)));
+}
+
+#[test]
+fn a_repeated_claim_or_takeover_gets_the_first_answer_and_changes_nothing() {
+    let m = members(&[1, 2, 3]);
+    let mut st = ClusterState::default();
+    let first = st.apply(&claim("a", 1, &[1, 2, 3]), &m);
+    assert!(matches!(first, CommandResponse::Claimed { epoch: 1, .. }));
+    let after_first = st.clone();
+    // Retried with another view of who is up: still the first answer.
+    assert_eq!(st.apply(&claim("a", 1, &[1, 2]), &m), first);
+    assert_eq!(st, after_first);
+    // The same id claimed by another node is a conflict, not a retry.
+    assert!(is_rejected(&st.apply(&claim("a", 2, &[1, 2, 3]), &m)));
+
+    let take = Command::TakeOver {
+        id: "a".into(),
+        new_owner: 2,
+        from_epoch: 1,
+        up: vec![1, 2, 3],
+    };
+    let taken = st.apply(&take, &m);
+    assert!(matches!(taken, CommandResponse::Claimed { epoch: 2, .. }));
+    let after_take = st.clone();
+    assert_eq!(st.apply(&take, &m), taken);
+    assert_eq!(st, after_take);
+    // Another node racing from the old epoch still loses.
+    let rival = Command::TakeOver {
+        id: "a".into(),
+        new_owner: 3,
+        from_epoch: 1,
+        up: vec![1, 2, 3],
+    };
+    assert!(is_rejected(&st.apply(&rival, &m)));
+    // Once taken over, the original claim is no longer a retry.
+    assert!(is_rejected(&st.apply(&claim("a", 1, &[1, 2, 3]), &m)));
 }

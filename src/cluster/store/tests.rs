@@ -408,7 +408,18 @@ async fn single_node_raft_commits_snapshots_and_restarts() {
         .current_leader(1, "leader again")
         .await
         .expect("leader");
+    // The restored state knows "a": a claim of it by its owner is a retry and gets
+    // "a"'s first answer (epoch 1), while a claim of it from another owner is refused.
     let resp = raft.client_write(claim_one("a")).await.expect("write");
+    assert!(matches!(
+        resp.data,
+        CommandResponse::Claimed { epoch: 1, .. }
+    ));
+    let mut rival = claim_one("a");
+    if let Command::ClaimSession { started_at_ms, .. } = &mut rival {
+        *started_at_ms += 1;
+    }
+    let resp = raft.client_write(rival).await.expect("write");
     assert!(matches!(resp.data, CommandResponse::Rejected { .. }));
     raft.shutdown().await.expect("shutdown");
 }
