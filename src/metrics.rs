@@ -51,6 +51,8 @@ pub const DISK_TOTAL_BYTES: &str = "quorumcast_disk_total_bytes";
 pub const STALE_WRITES_REFUSED: &str = "quorumcast_replication_stale_epoch_refusals_total";
 /// Counter: sessions taken over by this node (client resume or orphan sealing), by `reason`.
 pub const TAKEOVERS: &str = "quorumcast_takeovers_total";
+/// Counter: copies of ended sessions this node completed from a peer after being away.
+pub const COPIES_REPAIRED: &str = "quorumcast_copies_repaired_total";
 /// Histogram: time for a takeover (Raft epoch, fencing, reconcile), seconds.
 pub const TAKEOVER_SECONDS: &str = "quorumcast_takeover_seconds";
 /// Gauge: bytes a session's slowest replica trails the owner's durable offset, by `replica`.
@@ -118,6 +120,10 @@ fn describe() {
         "Recordings whose content is not valid asciicast v2"
     );
     describe_counter!(REFUSALS, "Sessions refused before they started, by reason");
+    describe_counter!(
+        COPIES_REPAIRED,
+        "Copies of ended sessions completed from a peer after this node was away"
+    );
     describe_counter!(EVENTS, "Event bodies received, by result");
     describe_gauge!(RAFT_TERM, "Raft term of this node");
     describe_gauge!(

@@ -94,6 +94,13 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    if let Some(member) = &cluster {
+        tracker.spawn(crate::replication::repair::after_start(
+            member.clone(),
+            member.copies.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let (Some(member), Some(cluster)) = (&cluster, &config.cluster) {
         tracker.spawn(crate::replication::orphans::sweep(
             member.clone(),

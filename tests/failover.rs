@@ -278,6 +278,40 @@ fn a_replica_dying_does_not_stop_the_session() -> Result<()> {
     Ok(())
 }
 
+/// A replica down when its session ends, and for longer than the owner keeps offering it
+/// the seal (`SEAL_STRAGGLERS`, 15 s), completes its copy from a peer once it is back.
+#[test]
+fn a_replica_away_when_its_session_ended_completes_its_copy_when_it_returns() -> Result<()> {
+    let mut set = Set::start(3, "")?;
+    let id = "late-replica";
+    let mut recording = HEADER.as_bytes().to_vec();
+    let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
+    upload.send(HEADER.as_bytes())?;
+    upload.wait_ack(recording.len() as u64)?;
+    set.members[2].node.as_mut().context("replica")?.kill9();
+    for i in 0..200 {
+        upload.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    upload.wait_ack(recording.len() as u64)?;
+    upload.finish()?;
+    local_copy(&set, 1, id, "complete")?;
+    std::thread::sleep(Duration::from_secs(17));
+    set.members[2].node = None;
+    set.start_member(2)?;
+    set.wait_leader(&[])?;
+    let record = local_copy(&set, 2, id, "complete")?;
+    assert_eq!(record["bytes"], recording.len() as u64, "{record}");
+    let node = set.members[2].node.as_ref().context("node")?;
+    assert_eq!(sha256(&node.read_recording(&record)?), sha256(&recording));
+    assert!(
+        node.log_text()
+            .contains("completed a late copy from a peer"),
+        "the copy was completed by something else than the repair"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_stock_upload_whose_node_dies_is_sealed_up_to_its_last_ack_on_a_survivor() -> Result<()> {
     let mut set = Set::start(3, "orphan_timeout_ms = 2000")?;

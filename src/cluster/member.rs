@@ -713,6 +713,17 @@ impl RpcHandler<ClusterRequest, ClusterResponse> for RpcServer {
                 let read = member.copies.read(&session, from, max).await;
                 ClusterResponse::Fetched(read.map(|b| b.to_vec()).map_err(|e| e.to_string()))
             }
+            ClusterRequest::ReadFinished { session, from, max } => {
+                let max = max.min(crate::replication::wire::MAX_CHUNK as u32);
+                let read = crate::replication::repair::read_finished(
+                    member.copies.storage(),
+                    &session,
+                    from,
+                    max,
+                )
+                .await;
+                ClusterResponse::Finished(read.map_err(|e| e.to_string()))
+            }
             ClusterRequest::Propose(command) => {
                 if !member.is_leader() {
                     return ClusterResponse::Propose(Err(format!(

@@ -43,6 +43,13 @@ pub enum ClusterRequest {
         from: u64,
         max: u32,
     },
+    /// A replica that was away when the session ended reads the rest of the finished
+    /// recording ([`crate::replication::repair`]).
+    ReadFinished {
+        session: String,
+        from: u64,
+        max: u32,
+    },
 }
 
 /// The answers, one variant per request.
@@ -58,6 +65,7 @@ pub enum ClusterResponse {
     /// The copy's durable length, or why it can't be fenced (a newer epoch holds it).
     Fenced(Result<u64, String>),
     Fetched(Result<Vec<u8>, String>),
+    Finished(Result<crate::replication::repair::FinishedChunk, String>),
 }
 
 /// When each peer last answered an RPC of ours. Heartbeats make this fresh every

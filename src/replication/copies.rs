@@ -88,6 +88,11 @@ impl Copies {
         self.lock().get(session).cloned()
     }
 
+    /// This node's storage (the repair of late copies reads and writes through it).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// The epoch the applied Raft state gives the session (0 if unknown).
     fn raft_epoch(&self, session: &str) -> u64 {
         self.state

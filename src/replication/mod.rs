@@ -11,6 +11,7 @@ pub mod copies;
 pub mod orphans;
 pub mod owner;
 pub mod quorum;
+pub mod repair;
 pub mod replica;
 pub mod takeover;
 pub mod wire;

@@ -47,6 +47,10 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     }
 }
 
+/// The problem startup recovery gives a session (or copy) that was live when the node
+/// stopped: its bytes are what the node had, not necessarily the whole recording.
+pub const STOPPED_WHILE_LIVE: &str = "recorder stopped while the session was live";
+
 /// The node's storage: recordings under `dst`, the index under `statedir`.
 #[derive(Clone)]
 pub struct Storage {
@@ -278,6 +282,26 @@ impl Storage {
         .await?
     }
 
+    /// Up to `max` bytes at `offset` of the recording at `rel_path` (as the index names it),
+    /// fewer at its end.
+    pub async fn read_recording(
+        &self,
+        rel_path: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        let path = self.dst.join(rel_path);
+        tokio::task::spawn_blocking(move || {
+            let file = File::open(&path).map_err(io_at(&path))?;
+            SyncHandle {
+                file: Arc::new(file),
+                path: path.clone(),
+            }
+            .read_at(offset, max)
+        })
+        .await?
+    }
+
     pub async fn get_record(&self, id: &str) -> Result<Option<SessionRecord>, StorageError> {
         let index = self.index.clone();
         let id = id.to_string();
@@ -313,7 +337,7 @@ impl Storage {
             if record.problem.is_none() {
                 record.problem = Some(Problem {
                     line: 0,
-                    reason: "recorder stopped while the session was live".into(),
+                    reason: STOPPED_WHILE_LIVE.into(),
                 });
             }
             self.index.put(&record)?;
