@@ -14,6 +14,7 @@
 //! copies ([`super::copies`]) nor takeovers: only sessions Raft has ended are repaired,
 //! and none that has an open copy here.
 
+use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use crate::cluster::member::Member;
 use crate::cluster::network::{ClusterRequest, ClusterResponse};
 use crate::cluster::types::{ClusterSessionState, NodeId, SessionEntry};
 use crate::storage::index::{SessionRecord, SessionState};
-use crate::storage::{Storage, StorageError, STOPPED_WHILE_LIVE};
+use crate::storage::{RecordingFile, Storage, StorageError, STOPPED_WHILE_LIVE};
 
 /// When, after start, to look for copies to repair: Raft must have applied the sessions
 /// that ended while this node was away, which takes a heartbeat or a snapshot.
@@ -173,31 +174,15 @@ async fn repair(
         let Some(addr) = member.members().get(&peer).map(|n| n.cluster_addr.clone()) else {
             continue;
         };
-        let mut last = None;
-        loop {
-            let chunk = match read_from(member, peer, &addr, &entry.id, file.written()).await {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    tracing::debug!(session = %entry.id, peer, error = %e, "peer could not help");
-                    break;
-                }
-            };
-            if file.written() > chunk.len {
-                return Err(RepairError::Longer {
-                    have: file.written(),
-                    len: chunk.len,
-                });
+        let end = match fetch_rest(member, peer, &addr, &entry.id, &mut file).await {
+            Ok(end) => end,
+            // This node's own trouble, or a copy that no peer can fix: stop here.
+            Err(e @ (RepairError::Longer { .. } | RepairError::Storage(_))) => return Err(e),
+            Err(e) => {
+                tracing::debug!(session = %entry.id, peer, error = %e, "peer could not help");
+                continue;
             }
-            if file.written() == chunk.len {
-                last = Some(chunk);
-                break;
-            }
-            if chunk.bytes.is_empty() {
-                break;
-            }
-            file.append(Bytes::from(chunk.bytes)).await?;
-        }
-        let Some(end) = last else { continue };
+        };
         storage.sync(&file.sync_handle()).await?;
         let mut record = record.unwrap_or_else(|| {
             SessionRecord::new_live(
@@ -217,6 +202,36 @@ async fn repair(
         return Ok(end.len);
     }
     Err(RepairError::NoPeer)
+}
+
+/// Appends what `peer` holds past the copy's end; returns the peer's last answer once the
+/// copy is as long as the peer's finished recording.
+async fn fetch_rest(
+    member: &Arc<Member>,
+    peer: NodeId,
+    addr: &str,
+    session: &str,
+    file: &mut RecordingFile,
+) -> Result<FinishedChunk, RepairError> {
+    loop {
+        let chunk = read_from(member, peer, addr, session, file.written()).await?;
+        match file.written().cmp(&chunk.len) {
+            Ordering::Greater => {
+                return Err(RepairError::Longer {
+                    have: file.written(),
+                    len: chunk.len,
+                })
+            }
+            Ordering::Equal => return Ok(chunk),
+            Ordering::Less if chunk.bytes.is_empty() => {
+                return Err(RepairError::Peer {
+                    peer,
+                    reason: "sent nothing short of the recording's end".into(),
+                })
+            }
+            Ordering::Less => file.append(Bytes::from(chunk.bytes)).await?,
+        }
+    }
 }
 
 async fn read_from(
