@@ -95,7 +95,7 @@ pub async fn run(
         ));
     }
     if let Some(member) = &cluster {
-        tracker.spawn(crate::replication::repair::after_start(
+        tracker.spawn(crate::replication::repair::run(
             member.clone(),
             member.copies.clone(),
             shutdown.clone(),

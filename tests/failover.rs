@@ -312,6 +312,55 @@ fn a_replica_away_when_its_session_ended_completes_its_copy_when_it_returns() ->
     Ok(())
 }
 
+/// A replica cut off (frozen, not restarted) while its session ends, for longer than the
+/// owner offers it the seal, is left with an open copy nobody will end. Once it is back in
+/// touch it completes that copy from a peer, without a restart.
+#[test]
+fn a_replica_cut_off_when_its_session_ended_completes_its_open_copy_without_a_restart() -> Result<()>
+{
+    let set = Set::start(3, "")?;
+    let id = "stranded-replica";
+    let mut recording = HEADER.as_bytes().to_vec();
+    let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
+    upload.send(HEADER.as_bytes())?;
+    upload.wait_ack(recording.len() as u64)?;
+    // The replica has its copy open (the header is durable on all three) when it freezes.
+    local_copy(&set, 2, id, "live")?;
+    set.members[2]
+        .node
+        .as_ref()
+        .context("replica")?
+        .signal(libc::SIGSTOP);
+    for i in 0..200 {
+        upload.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    upload.wait_ack(recording.len() as u64)?;
+    upload.finish()?;
+    local_copy(&set, 1, id, "complete")?;
+    std::thread::sleep(Duration::from_secs(17));
+    let replica = set.members[2].node.as_ref().context("replica")?;
+    replica.signal(libc::SIGCONT);
+    let record = eventually(60, "the cut-off replica's copy to be complete", || {
+        Ok(replica
+            .sessions("")?
+            .into_iter()
+            .find(|r| r["id"] == id && r["state"] == "complete"))
+    })?;
+    assert_eq!(record["bytes"], recording.len() as u64, "{record}");
+    assert_eq!(
+        sha256(&replica.read_recording(&record)?),
+        sha256(&recording)
+    );
+    assert!(
+        replica
+            .log_text()
+            .contains("completed a late copy from a peer"),
+        "the copy was completed by something else than the repair"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_stock_upload_whose_node_dies_is_sealed_up_to_its_last_ack_on_a_survivor() -> Result<()> {
     let mut set = Set::start(3, "orphan_timeout_ms = 2000")?;

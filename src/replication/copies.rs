@@ -330,6 +330,20 @@ impl Copy {
         len: u64,
         state: SessionState,
     ) -> Result<(), CopyError> {
+        self.finish(storage, epoch, len, |record| record.state = state)
+            .await
+    }
+
+    /// Waits until `len` bytes are durable, then lets `mark` set the record's end (state,
+    /// and for a repaired copy the peer's problem and replica set) and stores it. Refused
+    /// for a writer below the fence, like an append.
+    pub async fn finish(
+        &self,
+        storage: &Storage,
+        epoch: u64,
+        len: u64,
+        mark: impl FnOnce(&mut SessionRecord),
+    ) -> Result<(), CopyError> {
         let mut durable = self.durable.subscribe();
         let have = self.written_now();
         if have < len {
@@ -347,7 +361,7 @@ impl Copy {
                 fence: inner.fence,
             });
         }
-        inner.record.state = state;
+        mark(&mut inner.record);
         inner.record.bytes = inner.file.written();
         inner.record.ended_at = Some(Utc::now());
         inner.record.epoch = epoch;

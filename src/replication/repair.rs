@@ -3,27 +3,38 @@
 //! whole sealed recording.
 //!
 //! The owner streams to a missing replica while the session lives and for
-//! [`super::SEAL_STRAGGLERS`] after it ends; a replica that comes back later finds, after
-//! startup recovery, a copy marked `aborted` ([`STOPPED_WHILE_LIVE`]) or no copy at all,
-//! while Raft says the session ended. After a restart this module looks for such copies a
-//! few times (Raft has to catch up first) and, for each, reads the missing bytes from the
-//! other replicas (owner first) with [`ClusterRequest::ReadFinished`], appends them, makes
-//! them durable and marks the copy with the final state the peer holds.
+//! [`SEAL_STRAGGLERS`] after it ends. A replica that comes back later is in one of three
+//! states, while Raft says the session ended:
+//! - it restarted: startup recovery marked its copy `aborted` ([`STOPPED_WHILE_LIVE`]);
+//! - it was cut off (partition, `SIGSTOP`) but kept running: its copy is still open,
+//!   waiting for an owner that stopped offering the seal ("stranded");
+//! - it never heard of the session: no copy at all.
 //!
-//! It owns that pull and the peer's answer ([`read_finished`]). It does not own live
-//! copies ([`super::copies`]) nor takeovers: only sessions Raft has ended are repaired,
-//! and none that has an open copy here.
+//! This module looks for all three, twice soon after start (Raft has to catch up first)
+//! and then every [`PASS_EVERY`]. For each, it reads the missing bytes from the other
+//! replicas (owner first) with [`ClusterRequest::ReadFinished`], appends them (through the
+//! open copy when there is one, so its fence and offset checks still hold against a late
+//! frame from the owner), makes them durable and marks the copy with the final state the
+//! peer holds.
+//!
+//! It owns that pull, the peer's answer ([`read_finished`]) and the memory of which
+//! sessions need nothing more ([`Repairs::settled`]). It does not own live copies
+//! ([`super::copies`]) nor takeovers: only sessions Raft has ended are repaired.
 
 use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::copies::Copies;
+use super::copies::{Copies, Copy, CopyError};
 use super::wire::MAX_CHUNK;
+use super::SEAL_STRAGGLERS;
 use crate::asciicast::Problem;
 use crate::cluster::member::Member;
 use crate::cluster::network::{ClusterRequest, ClusterResponse};
@@ -31,14 +42,22 @@ use crate::cluster::types::{ClusterSessionState, NodeId, SessionEntry};
 use crate::storage::index::{SessionRecord, SessionState};
 use crate::storage::{RecordingFile, Storage, StorageError, STOPPED_WHILE_LIVE};
 
-/// When, after start, to look for copies to repair: Raft must have applied the sessions
-/// that ended while this node was away, which takes a heartbeat or a snapshot.
-const PASSES_AFTER_START: [Duration; 4] = [
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-    Duration::from_secs(15),
-    Duration::from_secs(60),
-];
+/// When, after start, to look first: Raft must have applied the sessions that ended while
+/// this node was away, which takes a heartbeat or a snapshot.
+const FIRST_PASSES: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(5)];
+/// Then how often to look again: a node cut off without a restart only learns that its
+/// sessions ended when it is back in touch, at no particular time.
+const PASS_EVERY: Duration = Duration::from_secs(10);
+/// An open copy of an ended session whose owner has been silent this long is stranded:
+/// the owner offers the seal for [`SEAL_STRAGGLERS`] only, so nothing else will end it.
+const STRANDED_AFTER: Duration = SEAL_STRAGGLERS.saturating_add(Duration::from_secs(5));
+/// Sessions read from the Raft state per read lock, so that a pass over a long history
+/// never holds up the apply of new entries for long.
+const SCAN_BATCH: usize = 1024;
+/// First wait before retrying a copy that no peer could complete; doubles up to
+/// [`RETRY_MAX`], so a copy nobody holds costs a few RPCs an hour, not every pass.
+const RETRY_FIRST: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// One read of a peer's recording.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,6 +73,8 @@ pub enum RepairError {
     NoPeer,
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Copy(#[from] CopyError),
 }
 
 /// A piece of a finished recording, with what the peer knows of its end.
@@ -105,101 +126,256 @@ pub async fn read_finished(
     })
 }
 
-/// Looks for late copies a few times after start and repairs them.
-pub async fn after_start(member: Arc<Member>, copies: Arc<Copies>, shutdown: CancellationToken) {
-    let started = tokio::time::Instant::now();
-    for at in PASSES_AFTER_START {
+/// Looks for late copies after start and then for as long as the node runs.
+pub async fn run(member: Arc<Member>, copies: Arc<Copies>, shutdown: CancellationToken) {
+    let started = Instant::now();
+    let mut repairs = Repairs::new(member, copies);
+    let mut at = FIRST_PASSES
+        .iter()
+        .map(|d| started + *d)
+        .collect::<Vec<_>>();
+    at.reverse();
+    loop {
+        let next = at.pop().unwrap_or_else(|| Instant::now() + PASS_EVERY);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(started + at) => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
-        let repaired = pass(&member, &copies).await;
+        let repaired = repairs.pass().await;
         if repaired > 0 {
             tracing::info!(repaired, "repaired late copies of ended sessions");
         }
     }
 }
 
-/// One look at every ended session this node should hold a copy of; returns how many
-/// copies it completed.
-async fn pass(member: &Arc<Member>, copies: &Arc<Copies>) -> usize {
-    let me = member.id;
-    let ended: Vec<SessionEntry> = member.state.read(|s| {
-        s.sessions()
-            .values()
-            .filter(|e| e.state != ClusterSessionState::Live)
-            .filter(|e| e.owner != me && e.replicas.contains(&me))
-            .cloned()
-            .collect()
-    });
-    let mut repaired = 0;
-    for entry in ended {
-        if copies.get(&entry.id).is_some() {
-            continue;
+/// What the passes remember between them.
+pub struct Repairs {
+    member: Arc<Member>,
+    copies: Arc<Copies>,
+    /// Ended sessions whose copy here needs nothing more: found finished, repaired, or
+    /// beyond repair (longer here than on the peers). Without it every pass would read
+    /// the index for every recording ever made; with it a pass reads only new ones. It
+    /// grows like the Raft session table, which keeps every ended session too.
+    settled: HashSet<String>,
+    /// Copies that no peer could complete yet: when to try again and the wait after that.
+    retry: HashMap<String, (Instant, Duration)>,
+}
+
+/// What a pass does with one ended session.
+enum Look {
+    /// The owner may still seal it: look again later.
+    NotYet,
+    /// Nothing to do, now or later.
+    Settled,
+    /// Completed from a peer.
+    Repaired(u64),
+}
+
+impl Repairs {
+    pub fn new(member: Arc<Member>, copies: Arc<Copies>) -> Repairs {
+        Repairs {
+            member,
+            copies,
+            settled: HashSet::new(),
+            retry: HashMap::new(),
         }
-        let record = match copies.storage().get_record(&entry.id).await {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(session = %entry.id, error = %e, "reading the index failed");
-                continue;
+    }
+
+    /// One look at every ended session this node should hold a copy of and that is not
+    /// settled; returns how many copies it completed.
+    pub async fn pass(&mut self) -> usize {
+        let mut repaired = 0;
+        for entry in self.candidates() {
+            match self.look(&entry).await {
+                Ok(Look::NotYet) => {}
+                Ok(Look::Settled) => {
+                    self.settled.insert(entry.id);
+                }
+                Ok(Look::Repaired(len)) => {
+                    metrics::counter!(crate::metrics::COPIES_REPAIRED).increment(1);
+                    tracing::info!(session = %entry.id, len, "completed a late copy from a peer");
+                    repaired += 1;
+                    self.retry.remove(&entry.id);
+                    self.settled.insert(entry.id);
+                }
+                Err(e @ RepairError::Longer { .. }) => {
+                    tracing::warn!(session = %entry.id, error = %e, "a late copy cannot be completed");
+                    self.settled.insert(entry.id);
+                }
+                Err(e) => {
+                    tracing::warn!(session = %entry.id, error = %e, "could not complete a late copy");
+                    self.back_off(entry.id);
+                }
             }
+        }
+        repaired
+    }
+
+    fn back_off(&mut self, session: String) {
+        let wait = self
+            .retry
+            .get(&session)
+            .map_or(RETRY_FIRST, |(_, wait)| (*wait * 2).min(RETRY_MAX));
+        self.retry.insert(session, (Instant::now() + wait, wait));
+    }
+
+    /// Ended sessions where this node is a replica but not the owner, not settled and not
+    /// waiting for a retry; read in batches of [`SCAN_BATCH`].
+    fn candidates(&self) -> Vec<SessionEntry> {
+        let me = self.member.id;
+        let now = Instant::now();
+        let wanted = |e: &SessionEntry| {
+            e.state != ClusterSessionState::Live
+                && e.owner != me
+                && e.replicas.contains(&me)
+                && !self.settled.contains(&e.id)
+                && self.retry.get(&e.id).is_none_or(|(at, _)| *at <= now)
         };
-        if record.as_ref().is_some_and(is_finished) {
-            continue;
-        }
-        match repair(member, copies.storage(), &entry, record).await {
-            Ok(len) => {
-                metrics::counter!(crate::metrics::COPIES_REPAIRED).increment(1);
-                tracing::info!(session = %entry.id, len, "completed a late copy from a peer");
-                repaired += 1;
-            }
-            Err(e) => {
-                tracing::warn!(session = %entry.id, error = %e, "could not complete a late copy")
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let last = self.member.state.read(|s| {
+                let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                let mut last = None;
+                let batch = s.sessions().range::<str, _>((from, Bound::Unbounded));
+                for (id, entry) in batch.take(SCAN_BATCH) {
+                    if wanted(entry) {
+                        found.push(entry.clone());
+                    }
+                    last = Some(id);
+                }
+                last.cloned()
+            });
+            match last {
+                Some(id) => after = Some(id),
+                None => return found,
             }
         }
     }
-    repaired
+
+    /// Decides about, and if needed repairs, this node's copy of one ended session.
+    async fn look(&self, entry: &SessionEntry) -> Result<Look, RepairError> {
+        if let Some(copy) = self.copies.get(&entry.id) {
+            if copy.since_owner_contact() < STRANDED_AFTER {
+                return Ok(Look::NotYet);
+            }
+            let len = repair_open(&self.member, &self.copies, entry, &copy).await?;
+            self.copies.forget(&entry.id);
+            return Ok(Look::Repaired(len));
+        }
+        let record = self.copies.storage().get_record(&entry.id).await?;
+        if record.as_ref().is_some_and(is_finished) {
+            return Ok(Look::Settled);
+        }
+        let len = repair_closed(&self.member, self.copies.storage(), entry, record).await?;
+        Ok(Look::Repaired(len))
+    }
 }
 
-/// Completes this node's copy of `entry` from the first peer that has it finished.
-async fn repair(
+/// Completes a copy that is still open (stranded): appends go through the copy, under its
+/// fence and offset checks, so a late frame from the owner can neither double nor reorder
+/// bytes.
+async fn repair_open(
+    member: &Arc<Member>,
+    copies: &Copies,
+    entry: &SessionEntry,
+    copy: &Copy,
+) -> Result<u64, RepairError> {
+    let mut target = Target::Open {
+        copy,
+        epoch: entry.epoch,
+    };
+    let end = fetch_from_peers(member, entry, &mut target).await?;
+    copy.finish(copies.storage(), entry.epoch, end.len, |record| {
+        mark_ended(record, entry, &end)
+    })
+    .await?;
+    Ok(end.len)
+}
+
+/// Completes a copy that no stream holds open (after a restart, or never opened).
+async fn repair_closed(
     member: &Arc<Member>,
     storage: &Storage,
     entry: &SessionEntry,
     record: Option<SessionRecord>,
 ) -> Result<u64, RepairError> {
     let mut file = storage.open_copy(&entry.node_dir, &entry.file_name).await?;
+    let end = fetch_from_peers(member, entry, &mut Target::Closed(&mut file)).await?;
+    storage.sync(&file.sync_handle()).await?;
+    let mut record = record.unwrap_or_else(|| {
+        SessionRecord::new_live(
+            entry.id.clone(),
+            entry.node_dir.clone(),
+            file.rel_path().to_string(),
+            "replica",
+        )
+    });
+    mark_ended(&mut record, entry, &end);
+    record.bytes = end.len;
+    record.epoch = record.epoch.max(entry.epoch);
+    record.ended_at = Some(chrono::Utc::now());
+    storage.put_record(record).await?;
+    Ok(end.len)
+}
+
+/// The end a peer's finished recording has, copied onto this node's record.
+fn mark_ended(record: &mut SessionRecord, entry: &SessionEntry, end: &FinishedChunk) {
+    record.state = end.state;
+    record.problem = end.problem.clone();
+    record.replicas = entry.replicas.clone();
+}
+
+/// Where fetched bytes go.
+enum Target<'a> {
+    /// A copy no stream holds: appended at its end.
+    Closed(&'a mut RecordingFile),
+    /// A copy still open for its owner's stream: appended through it, as the final epoch's
+    /// writer.
+    Open { copy: &'a Copy, epoch: u64 },
+}
+
+impl Target<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Target::Closed(file) => file.written(),
+            Target::Open { copy, .. } => copy.written_now(),
+        }
+    }
+
+    async fn append(&mut self, offset: u64, bytes: Bytes) -> Result<(), RepairError> {
+        match self {
+            Target::Closed(file) => file.append(bytes).await?,
+            Target::Open { copy, epoch } => {
+                copy.append(*epoch, offset, bytes).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fills `target` from the first peer that holds the recording finished (owner first);
+/// returns that peer's last answer.
+async fn fetch_from_peers(
+    member: &Arc<Member>,
+    entry: &SessionEntry,
+    target: &mut Target<'_>,
+) -> Result<FinishedChunk, RepairError> {
     let peers = entry.replicas.iter().copied().filter(|n| *n != member.id);
     for peer in peers {
         let Some(addr) = member.members().get(&peer).map(|n| n.cluster_addr.clone()) else {
             continue;
         };
-        let end = match fetch_rest(member, peer, &addr, &entry.id, &mut file).await {
-            Ok(end) => end,
+        match fetch_rest(member, peer, &addr, &entry.id, target).await {
+            Ok(end) => return Ok(end),
             // This node's own trouble, or a copy that no peer can fix: stop here.
-            Err(e @ (RepairError::Longer { .. } | RepairError::Storage(_))) => return Err(e),
+            Err(
+                e @ (RepairError::Longer { .. } | RepairError::Storage(_) | RepairError::Copy(_)),
+            ) => return Err(e),
             Err(e) => {
                 tracing::debug!(session = %entry.id, peer, error = %e, "peer could not help");
-                continue;
             }
-        };
-        storage.sync(&file.sync_handle()).await?;
-        let mut record = record.unwrap_or_else(|| {
-            SessionRecord::new_live(
-                entry.id.clone(),
-                entry.node_dir.clone(),
-                file.rel_path().to_string(),
-                "replica",
-            )
-        });
-        record.state = end.state;
-        record.problem = end.problem;
-        record.bytes = end.len;
-        record.epoch = record.epoch.max(entry.epoch);
-        record.replicas = entry.replicas.clone();
-        record.ended_at = Some(chrono::Utc::now());
-        storage.put_record(record).await?;
-        return Ok(end.len);
+        }
     }
     Err(RepairError::NoPeer)
 }
@@ -211,14 +387,15 @@ async fn fetch_rest(
     peer: NodeId,
     addr: &str,
     session: &str,
-    file: &mut RecordingFile,
+    target: &mut Target<'_>,
 ) -> Result<FinishedChunk, RepairError> {
     loop {
-        let chunk = read_from(member, peer, addr, session, file.written()).await?;
-        match file.written().cmp(&chunk.len) {
+        let from = target.len();
+        let chunk = read_from(member, peer, addr, session, from).await?;
+        match from.cmp(&chunk.len) {
             Ordering::Greater => {
                 return Err(RepairError::Longer {
-                    have: file.written(),
+                    have: from,
                     len: chunk.len,
                 })
             }
@@ -229,7 +406,7 @@ async fn fetch_rest(
                     reason: "sent nothing short of the recording's end".into(),
                 })
             }
-            Ordering::Less => file.append(Bytes::from(chunk.bytes)).await?,
+            Ordering::Less => target.append(from, Bytes::from(chunk.bytes)).await?,
         }
     }
 }
