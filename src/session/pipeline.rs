@@ -1,7 +1,9 @@
 //! One recording's pipeline: read → check → append → sync → durable offset → end state.
 //!
-//! Two loops run side by side for each session. The reader takes body chunks (coalescing
-//! what is already buffered), feeds the content check and appends to the recording file.
+//! Two loops run side by side for each session. The reader takes body chunks (a batch of
+//! what is already buffered), feeds the content check and appends to the recording file;
+//! a batch is written on the blocking pool while the reader receives and checks the next
+//! one, so one busy session uses more than one core.
 //! The syncer waits for new written bytes, asks the group committer for an fsync, and
 //! publishes the durable offset that acks report. The reader never waits for an fsync,
 //! so a slow disk bounds ack delay, not ingest rate.
@@ -11,7 +13,7 @@ use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -24,7 +26,9 @@ use crate::replication::quorum::quorum_offset;
 use crate::storage::index::{SessionRecord, SessionState};
 use crate::storage::{RecordingFile, Storage, StorageError, SyncHandle};
 
-/// Upper bound on one coalesced append: chunks already buffered are merged up to this.
+/// Upper bound on one batch: chunks already buffered are taken together up to this. A
+/// session holds at most two batches (one being written, one being checked) besides what
+/// HTTP/2 flow control lets the client have in flight.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// How long a session that ended cleanly waits for its last bytes to be durable on a
@@ -174,7 +178,28 @@ impl Session {
         self.manager.admission().replicate(request)
     }
 
+    /// Reads the body to its end; every byte read is written (none left in flight) when it
+    /// returns.
     async fn read_loop<S, E>(
+        &mut self,
+        body: S,
+        sync_failed: &CancellationToken,
+        deposed: &CancellationToken,
+    ) -> End
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let end = self.read_batches(body, sync_failed, deposed).await;
+        let settled = self.recording.settle().await;
+        self.publish_written();
+        match settled {
+            Err(e) if !matches!(end, End::Storage(_)) => End::Storage(e.to_string()),
+            _ => end,
+        }
+    }
+
+    async fn read_batches<S, E>(
         &mut self,
         mut body: S,
         sync_failed: &CancellationToken,
@@ -190,6 +215,7 @@ impl Session {
         tokio::pin!(header_deadline);
         loop {
             let waiting_for_header = !self.validator.header_seen();
+            let writing = self.recording.writing();
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
@@ -197,6 +223,15 @@ impl Session {
                 _ = handoff.cancelled() => return End::HandOff,
                 _ = sync_failed.cancelled() => return End::Storage("sync failed".into()),
                 _ = &mut header_deadline, if waiting_for_header => return End::HeaderTimeout,
+                // The last batch's write finishing is news even if no more bytes come:
+                // the syncer and the senders follow what is written.
+                settled = self.recording.settle(), if writing => {
+                    if let Err(e) = settled {
+                        return End::Storage(e.to_string());
+                    }
+                    self.publish_written();
+                    continue;
+                }
                 next = body.next() => next,
             };
             let first = match next {
@@ -217,17 +252,33 @@ impl Session {
         }
     }
 
-    /// Checks and appends one batch, then tells the syncer and the senders how far we wrote.
-    async fn ingest(&mut self, batch: Bytes) -> Result<(), StorageError> {
-        let progress = self.validator.feed(&batch);
-        let len = batch.len() as u64;
-        self.recording.append(batch).await?;
-        let total = self.recording.written();
-        self.counters.written.store(total, Ordering::Relaxed);
-        self.written_tx.send_replace(total);
+    /// Checks one batch and starts writing it; the previous batch's write, which ran
+    /// meanwhile, is done when this returns, and the syncer and the senders are told.
+    async fn ingest(&mut self, batch: Vec<Bytes>) -> Result<(), StorageError> {
+        let mut progress = Progress::default();
+        let mut len = 0;
+        for chunk in &batch {
+            let found = self.validator.feed(chunk);
+            progress.header = progress.header.or(found.header);
+            progress.problem = progress.problem.or(found.problem);
+            len += chunk.len() as u64;
+        }
+        self.recording.append_behind(batch).await?;
+        self.publish_written();
         metrics::counter!(m::BYTES_IN).increment(len);
         self.on_progress(progress).await;
         Ok(())
+    }
+
+    /// Tells the syncer and the replication senders how far the file is written.
+    fn publish_written(&mut self) {
+        let total = self.recording.written();
+        self.counters.written.store(total, Ordering::Relaxed);
+        self.written_tx.send_if_modified(|w| {
+            let grew = total > *w;
+            *w = total;
+            grew
+        });
     }
 
     async fn on_progress(&mut self, progress: Progress) {
@@ -451,23 +502,22 @@ async fn combine(
     }
 }
 
-/// Merges `first` with whatever the body already has buffered, up to [`MAX_BATCH_BYTES`].
-/// Returns the batch and, if the body ended or failed while draining, how it ended.
-fn coalesce<S, E>(first: Bytes, body: &mut S) -> (Bytes, Option<End>)
+/// Takes `first` and whatever the body already has buffered, up to [`MAX_BATCH_BYTES`],
+/// as one batch of chunks (not merged: they are written with one `pwritev`). Returns the
+/// batch and, if the body ended or failed while draining, how it ended.
+fn coalesce<S, E>(first: Bytes, body: &mut S) -> (Vec<Bytes>, Option<End>)
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Display,
 {
-    let mut merged: Option<BytesMut> = None;
     let mut len = first.len();
+    let mut batch = vec![first];
     let mut tail = None;
     while len < MAX_BATCH_BYTES {
         match body.next().now_or_never() {
             Some(Some(Ok(more))) => {
                 len += more.len();
-                merged
-                    .get_or_insert_with(|| BytesMut::from(&first[..]))
-                    .extend_from_slice(&more);
+                batch.push(more);
             }
             Some(Some(Err(e))) => {
                 tail = Some(End::ClientGone(e.to_string()));
@@ -480,7 +530,7 @@ where
             None => break,
         }
     }
-    (merged.map(BytesMut::freeze).unwrap_or(first), tail)
+    (batch, tail)
 }
 
 /// Publishes this node's durable offset: syncs whenever the written offset moved past it.

@@ -68,21 +68,67 @@ pub struct RecordingFile {
     path: PathBuf,
     /// Path relative to dst, as the index and API show it.
     rel_path: String,
-    /// Bytes appended so far (the next write's offset).
+    /// Bytes appended so far and known written (the next write's offset once the write
+    /// in flight, if any, is done).
     written: u64,
+    /// At most one write still running on the blocking pool, and its length: a session
+    /// checks its next batch while the last one is written ([`append_behind`]).
+    ///
+    /// [`append_behind`]: RecordingFile::append_behind
+    in_flight: Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)>,
 }
 
 impl RecordingFile {
+    fn new(file: File, path: PathBuf, rel_path: String, written: u64) -> RecordingFile {
+        RecordingFile {
+            file: Arc::new(file),
+            path,
+            rel_path,
+            written,
+            in_flight: None,
+        }
+    }
+
     /// Appends `bytes` at the end of the file (page cache; durable only after [`Storage::sync`]).
     pub async fn append(&mut self, bytes: Bytes) -> Result<(), StorageError> {
+        self.append_behind(vec![bytes]).await?;
+        self.settle().await
+    }
+
+    /// Waits for the write in flight (so [`written`](Self::written) covers it), then starts
+    /// writing `chunks`, in order, after it, and returns without waiting for them: the
+    /// caller overlaps its next batch with this write. One `pwritev` for all the chunks,
+    /// so they are never merged into one buffer first.
+    pub async fn append_behind(&mut self, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+        self.settle().await?;
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        if len == 0 {
+            return Ok(());
+        }
         let file = self.file.clone();
         let offset = self.written;
-        let len = bytes.len() as u64;
-        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
-            .await?
-            .map_err(io_at(&self.path))?;
-        self.written += len;
+        let job =
+            tokio::task::spawn_blocking(move || write_all_vectored_at(&file, &chunks, offset));
+        self.in_flight = Some((job, len));
         Ok(())
+    }
+
+    /// Waits for the write in flight, if any. Cancel-safe: dropped before the write is
+    /// done, it leaves the write in flight, to be waited for by the next call.
+    pub async fn settle(&mut self) -> Result<(), StorageError> {
+        if let Some((job, len)) = &mut self.in_flight {
+            let len = *len;
+            let done = job.await;
+            self.in_flight = None;
+            done?.map_err(io_at(&self.path))?;
+            self.written += len;
+        }
+        Ok(())
+    }
+
+    /// Whether a write started by [`append_behind`](Self::append_behind) may still run.
+    pub fn writing(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     pub fn written(&self) -> u64 {
@@ -90,8 +136,14 @@ impl RecordingFile {
     }
 
     /// Another writer (this node's own session, before a takeover) may have grown the
-    /// file: take its length from the file system if that is larger. Blocking.
+    /// file: take its length from the file system if that is larger. Blocking. Only for
+    /// files appended with [`append`](Self::append), which never leaves a write in flight
+    /// (a write in flight would be counted twice).
     pub fn refresh_len(&mut self) -> Result<u64, StorageError> {
+        debug_assert!(
+            self.in_flight.is_none(),
+            "refresh_len with a write in flight"
+        );
         let len = self.file.metadata().map_err(io_at(&self.path))?.len();
         self.written = self.written.max(len);
         Ok(self.written)
@@ -113,6 +165,47 @@ impl RecordingFile {
             path: self.path.clone(),
         }
     }
+}
+
+/// Writes every byte of `chunks`, in order, at `offset`: `pwritev`, resumed after a short
+/// write. Blocking.
+fn write_all_vectored_at(file: &File, chunks: &[Bytes], mut offset: u64) -> std::io::Result<()> {
+    /// Linux's `IOV_MAX`: at most this many chunks per call.
+    const MAX_IOV: usize = 1024;
+    let mut first = 0; // first chunk not fully written
+    let mut skip = 0; // bytes of it already written
+    while first < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(MAX_IOV)
+            .enumerate()
+            .map(|(i, c)| std::io::IoSlice::new(if i == 0 { &c[skip..] } else { c }))
+            .collect();
+        let at = i64::try_from(offset).map_err(std::io::Error::other)?;
+        let mut wrote = match nix::sys::uio::pwritev(file, &slices, at) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        offset += wrote as u64;
+        while wrote > 0 {
+            let left = chunks[first].len() - skip;
+            if wrote >= left {
+                wrote -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += wrote;
+                wrote = 0;
+            }
+        }
+        while first < chunks.len() && chunks[first].len() == skip {
+            first += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
 }
 
 /// A recording as the commit thread and readers see it: something to fsync and read.
@@ -202,12 +295,7 @@ impl Storage {
             }
         })
         .await??;
-        Ok(RecordingFile {
-            file: Arc::new(file),
-            path,
-            rel_path,
-            written: len,
-        })
+        Ok(RecordingFile::new(file, path, rel_path, len))
     }
 
     /// Whether `<dst>/<node_dir>/<name>` exists (a name to skip when picking one).
@@ -238,12 +326,12 @@ impl Storage {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(RecordingFile {
-            file: Arc::new(file),
+        Ok(RecordingFile::new(
+            file,
             path,
-            rel_path: format!("{node_dir}/{name}"),
-            written: 0,
-        })
+            format!("{node_dir}/{name}"),
+            0,
+        ))
     }
 
     /// Returns once everything appended to the recording before this call is on stable storage.
@@ -344,5 +432,56 @@ impl Storage {
             recovered.push(record);
         }
         Ok(recovered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks of many sizes, empty ones included, more of them than one `pwritev` takes.
+    fn chunks(count: usize) -> Vec<Bytes> {
+        (0..count)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; (i * 7) % 13]))
+            .collect()
+    }
+
+    #[test]
+    fn a_vectored_write_puts_every_chunk_in_order_at_the_offset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let file = File::create(&path).expect("create");
+        file.write_all_at(b"head", 0).expect("head");
+        let chunks = chunks(3000);
+        write_all_vectored_at(&file, &chunks, 4).expect("write");
+        let mut want = b"head".to_vec();
+        for c in &chunks {
+            want.extend_from_slice(c);
+        }
+        assert_eq!(std::fs::read(&path).expect("read"), want);
+    }
+
+    #[tokio::test]
+    async fn writes_behind_count_only_once_done_and_land_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage =
+            Storage::open(&dir.path().join("dst"), &dir.path().join("state")).expect("storage");
+        let mut file = storage.open_copy("n", "s.cast").await.expect("open");
+        let mut want = Vec::new();
+        for round in 0..50 {
+            let batch = chunks(round + 1);
+            let earlier = want.len() as u64;
+            for c in &batch {
+                want.extend_from_slice(c);
+            }
+            file.append_behind(batch).await.expect("append");
+            // The call waited for every earlier batch and counts it; this one is not
+            // counted until the next call (or settle) waits for it.
+            assert_eq!(file.written(), earlier);
+        }
+        file.settle().await.expect("settle");
+        assert_eq!(file.written(), want.len() as u64);
+        let on_disk = std::fs::read(dir.path().join("dst/n/s.cast")).expect("read");
+        assert_eq!(on_disk, want);
     }
 }
