@@ -53,6 +53,20 @@ pub const STALE_WRITES_REFUSED: &str = "quorumcast_replication_stale_epoch_refus
 pub const TAKEOVERS: &str = "quorumcast_takeovers_total";
 /// Counter: copies of ended sessions this node completed from a peer after being away.
 pub const COPIES_REPAIRED: &str = "quorumcast_copies_repaired_total";
+/// Gauge: largest UDP payload the QUIC path to `peer` currently carries (outgoing
+/// connections only), bytes.
+pub const QUIC_PATH_MTU: &str = "quorumcast_quic_path_mtu_bytes";
+/// Gauge: smoothed round-trip time of the QUIC path to `peer`, seconds.
+pub const QUIC_RTT_SECONDS: &str = "quorumcast_quic_rtt_seconds";
+/// Counter: packets sent on the QUIC path to `peer`.
+pub const QUIC_SENT_PACKETS: &str = "quorumcast_quic_sent_packets_total";
+/// Counter: packets lost on the QUIC path to `peer`.
+pub const QUIC_LOST_PACKETS: &str = "quorumcast_quic_lost_packets_total";
+/// Counter: congestion events (window reductions) on the QUIC path to `peer`.
+pub const QUIC_CONGESTION_EVENTS: &str = "quorumcast_quic_congestion_events_total";
+/// Counter: black holes detected on the QUIC path to `peer` (each one drops the datagram
+/// size back to 1200 bytes).
+pub const QUIC_BLACK_HOLES: &str = "quorumcast_quic_black_holes_total";
 /// Histogram: time for a takeover (Raft epoch, fencing, reconcile), seconds.
 pub const TAKEOVER_SECONDS: &str = "quorumcast_takeover_seconds";
 /// Gauge: bytes a session's slowest replica trails the owner's durable offset, by `replica`.
@@ -123,6 +137,21 @@ fn describe() {
     describe_counter!(
         COPIES_REPAIRED,
         "Copies of ended sessions completed from a peer after this node was away"
+    );
+    describe_gauge!(
+        QUIC_PATH_MTU,
+        "Largest UDP payload the QUIC path to a peer carries (outgoing connections)"
+    );
+    describe_gauge!(QUIC_RTT_SECONDS, "Smoothed RTT of the QUIC path to a peer");
+    describe_counter!(QUIC_SENT_PACKETS, "Packets sent on the QUIC path to a peer");
+    describe_counter!(QUIC_LOST_PACKETS, "Packets lost on the QUIC path to a peer");
+    describe_counter!(
+        QUIC_CONGESTION_EVENTS,
+        "Congestion events on the QUIC path to a peer"
+    );
+    describe_counter!(
+        QUIC_BLACK_HOLES,
+        "Black holes detected on the QUIC path to a peer (datagram size falls to 1200)"
     );
     describe_counter!(EVENTS, "Event bodies received, by result");
     describe_gauge!(RAFT_TERM, "Raft term of this node");

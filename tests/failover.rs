@@ -175,6 +175,36 @@ fn killing_the_owner_mid_session_loses_and_doubles_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Replication on loopback runs at the datagram size MTU discovery finds (up to the
+/// node's 6500 bytes), not at quinn's Ethernet default of 1452, and the owner exports each
+/// replica's path in its metrics.
+#[test]
+fn replication_discovers_large_datagrams_on_loopback_and_exports_the_path() -> Result<()> {
+    let set = Set::start(3, "")?;
+    let node = set.members[0].node.as_ref().context("node")?;
+    let mut upload = H2Upload::v2(node)?;
+    let mut sent = HEADER.as_bytes().to_vec();
+    upload.send(HEADER.as_bytes())?;
+    for i in 0..3000 {
+        upload.send(line(i).as_bytes())?;
+        sent.extend_from_slice(line(i).as_bytes());
+    }
+    upload.wait_ack(sent.len() as u64)?;
+    let mtus = eventually(10, "path MTUs of both replicas above 1452", || {
+        let metrics = String::from_utf8(
+            curl(&["-s", &format!("http://{}/metrics", set.members[0].ingest)])?.stdout,
+        )?;
+        let mtus: Vec<f64> = metrics
+            .lines()
+            .filter(|l| l.starts_with("quorumcast_quic_path_mtu_bytes{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        Ok((mtus.len() == 2 && mtus.iter().all(|m| *m > 1452.0)).then_some(mtus))
+    })?;
+    assert!(mtus.iter().all(|m| *m <= 6500.0), "{mtus:?}");
+    Ok(())
+}
+
 #[test]
 fn a_stale_owner_resumed_after_a_takeover_cannot_write_anywhere() -> Result<()> {
     let mut set = Set::start(3, "")?;

@@ -765,5 +765,23 @@ async fn export_metrics(member: Arc<Member>, shutdown: CancellationToken) {
             metrics::gauge!(m::DISK_STATE, "node" => node.to_string())
                 .set(report.state as u8 as f64);
         }
+        export_path_stats(&member.transport.path_stats());
+    }
+}
+
+/// The QUIC path of each outgoing connection: datagram size, losses, congestion, RTT.
+/// The datagram size is what replication throughput hangs on (every datagram costs a
+/// `sendmsg` share, a header and an AEAD call), and losses are what shrink it.
+fn export_path_stats(stats: &[(NodeId, quinn::ConnectionStats)]) {
+    for (peer, stats) in stats {
+        let path = &stats.path;
+        let peer = peer.to_string();
+        metrics::gauge!(m::QUIC_PATH_MTU, "peer" => peer.clone()).set(f64::from(path.current_mtu));
+        metrics::gauge!(m::QUIC_RTT_SECONDS, "peer" => peer.clone()).set(path.rtt.as_secs_f64());
+        metrics::counter!(m::QUIC_LOST_PACKETS, "peer" => peer.clone()).absolute(path.lost_packets);
+        metrics::counter!(m::QUIC_SENT_PACKETS, "peer" => peer.clone()).absolute(path.sent_packets);
+        metrics::counter!(m::QUIC_CONGESTION_EVENTS, "peer" => peer.clone())
+            .absolute(path.congestion_events);
+        metrics::counter!(m::QUIC_BLACK_HOLES, "peer" => peer).absolute(path.black_holes_detected);
     }
 }

@@ -222,6 +222,42 @@ enum Reply<T> {
     Refused(String),
 }
 
+/// Socket buffers asked for on the cluster port; the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`. Replication sends bursts of GSO datagrams, and the
+/// default receive buffer (208 KiB) overflows under them: every drop is a QUIC loss, a
+/// congestion event and a retransmission.
+const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Binds the cluster port's UDP socket with [`UDP_BUFFER_BYTES`] and a quinn endpoint on
+/// it that accepts datagrams up to [`super::tls::MAX_UDP_PAYLOAD`].
+fn bind_endpoint(
+    listen: SocketAddr,
+    server: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer than asked only costs throughput.
+    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cluster port: receive buffer size not set");
+    }
+    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cluster port: send buffer size not set");
+    }
+    socket.bind(&listen.into())?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for the cluster port"))?;
+    quinn::Endpoint::new(
+        super::tls::endpoint_config(),
+        Some(server),
+        std::net::UdpSocket::from(socket),
+        runtime,
+    )
+}
+
 /// One outgoing connection, remembered with the address it was dialled at.
 struct Cached {
     addr: String,
@@ -261,13 +297,12 @@ impl Transport {
                 cert: tls.node_id(),
             });
         }
-        let endpoint =
-            quinn::Endpoint::server(tls.server_config().clone(), listen).map_err(|source| {
-                TransportError::Bind {
-                    addr: listen,
-                    source,
-                }
-            })?;
+        let endpoint = bind_endpoint(listen, tls.server_config().clone()).map_err(|source| {
+            TransportError::Bind {
+                addr: listen,
+                source,
+            }
+        })?;
         Ok(Self {
             my_id,
             endpoint,
@@ -430,6 +465,24 @@ impl Transport {
     /// calls on it finish, and the connection closes when the last one does.
     pub fn forget(&self, target_id: NodeId) {
         self.peers_lock().remove(&target_id);
+    }
+
+    /// Statistics of the open outgoing connections, by peer, for metrics. A connection
+    /// being dialled right now is skipped (its slot is locked), never waited for.
+    pub fn path_stats(&self) -> Vec<(NodeId, quinn::ConnectionStats)> {
+        let slots: Vec<(NodeId, Slot)> = self
+            .peers_lock()
+            .iter()
+            .map(|(id, slot)| (*id, slot.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .filter_map(|(id, slot)| {
+                let cached = slot.try_lock().ok()?;
+                let conn = &cached.as_ref()?.conn;
+                conn.close_reason().is_none().then(|| (id, conn.stats()))
+            })
+            .collect()
     }
 
     fn peers_lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Slot>> {
