@@ -391,6 +391,60 @@ fn a_replica_cut_off_when_its_session_ended_completes_its_open_copy_without_a_re
     Ok(())
 }
 
+/// A replica frozen before its session's first byte reached it, and kept away past the
+/// seal offers, never had a copy at all; back in touch (no restart) it builds the whole
+/// copy from a peer.
+#[test]
+fn a_replica_that_never_heard_of_its_session_gets_the_whole_copy_once_back() -> Result<()> {
+    let set = Set::start(3, "")?;
+    let leader = set.wait_leader(&[])?;
+    // Freeze a follower that is not the node the session goes to, so that the set keeps
+    // its leader and the claim still counts the frozen node as up (it was heard from
+    // within the election timeout) and gives it a copy.
+    let away = [1usize, 2]
+        .into_iter()
+        .find(|i| *i != leader)
+        .context("a follower")?;
+    let replica = set.members[away].node.as_ref().context("replica")?;
+    replica.signal(libc::SIGSTOP);
+    let id = "never-heard";
+    let mut recording = HEADER.as_bytes().to_vec();
+    let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
+    upload.send(HEADER.as_bytes())?;
+    for i in 0..100 {
+        upload.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    upload.wait_ack(recording.len() as u64)?;
+    upload.finish()?;
+    let entry = cluster_entry(&set, 0, id)?;
+    let replicas = entry["replicas"].as_array().context("replicas")?;
+    assert!(
+        replicas.iter().any(|r| *r == set.members[away].id),
+        "the claim left the frozen node out, so this test can't check its copy: {entry}"
+    );
+    std::thread::sleep(Duration::from_secs(17));
+    replica.signal(libc::SIGCONT);
+    let record = eventually(30, "the returning replica's copy to be complete", || {
+        Ok(replica
+            .sessions("")?
+            .into_iter()
+            .find(|r| r["id"] == id && r["state"] == "complete"))
+    })?;
+    assert_eq!(record["bytes"], recording.len() as u64, "{record}");
+    assert_eq!(
+        sha256(&replica.read_recording(&record)?),
+        sha256(&recording)
+    );
+    assert!(
+        replica
+            .log_text()
+            .contains("completed a late copy from a peer"),
+        "the copy was completed by something else than the repair"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_stock_upload_whose_node_dies_is_sealed_up_to_its_last_ack_on_a_survivor() -> Result<()> {
     let mut set = Set::start(3, "orphan_timeout_ms = 2000")?;
