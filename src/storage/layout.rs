@@ -91,11 +91,34 @@ pub fn create_new(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
 pub fn in_dir<T>(dir: &Path, mut create: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     match create() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
+            create_dir_all_durably(dir)?;
             create()
         }
         other => other,
     }
+}
+
+/// `create_dir_all`, then an fsync of every directory that gained an entry (each new
+/// directory's parent), so that a file made durable later inside `dir` can't be lost
+/// with a directory entry that never reached the disk.
+fn create_dir_all_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    // Deepest first: each new directory's entry lives in its parent.
+    for new in &missing {
+        if let Some(parent) = new.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 fn open_new(path: &Path) -> io::Result<File> {
@@ -142,6 +165,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_in_missing_directories_is_created_with_them() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("a").join("b").join("c");
+        let (path, _file) = create_new(&dir, "x.cast").expect("create");
+        assert!(path.is_file());
+        assert_eq!(path, dir.join("x.cast"));
+        // Existing directories are not created again.
+        let (other, _) = create_new(&dir, "y.cast").expect("create");
+        assert!(other.is_file());
+    }
 
     #[test]
     fn traversal_and_separators_are_neutralised() {
