@@ -50,6 +50,25 @@ fn local_copy(set: &Set, i: usize, id: &str, state: &str) -> Result<Value> {
     )
 }
 
+/// Waits up to `secs` for `node`'s copy of `id` to be complete, then checks that it holds
+/// exactly `recording` and that the late-copy repair (not something else) completed it.
+fn assert_repaired_copy(node: &Node, id: &str, recording: &[u8], secs: u64) -> Result<()> {
+    let record = eventually(secs, &format!("a complete copy of {id}"), || {
+        Ok(node
+            .sessions("")?
+            .into_iter()
+            .find(|r| r["id"] == id && r["state"] == "complete"))
+    })?;
+    assert_eq!(record["bytes"], recording.len() as u64, "{record}");
+    assert_eq!(sha256(&node.read_recording(&record)?), sha256(recording));
+    assert!(
+        node.log_text()
+            .contains("completed a late copy from a peer"),
+        "the copy was completed by something else than the repair"
+    );
+    Ok(())
+}
+
 fn cluster_entry(set: &Set, i: usize, id: &str) -> Result<Value> {
     set.cluster_sessions(i)?
         .into_iter()
@@ -330,16 +349,8 @@ fn a_replica_away_when_its_session_ended_completes_its_copy_when_it_returns() ->
     set.members[2].node = None;
     set.start_member(2)?;
     set.wait_leader(&[])?;
-    let record = local_copy(&set, 2, id, "complete")?;
-    assert_eq!(record["bytes"], recording.len() as u64, "{record}");
     let node = set.members[2].node.as_ref().context("node")?;
-    assert_eq!(sha256(&node.read_recording(&record)?), sha256(&recording));
-    assert!(
-        node.log_text()
-            .contains("completed a late copy from a peer"),
-        "the copy was completed by something else than the repair"
-    );
-    Ok(())
+    assert_repaired_copy(node, id, &recording, 20)
 }
 
 /// A replica cut off (frozen, not restarted) while its session ends, for longer than the
@@ -371,24 +382,7 @@ fn a_replica_cut_off_when_its_session_ended_completes_its_open_copy_without_a_re
     std::thread::sleep(Duration::from_secs(17));
     let replica = set.members[2].node.as_ref().context("replica")?;
     replica.signal(libc::SIGCONT);
-    let record = eventually(60, "the cut-off replica's copy to be complete", || {
-        Ok(replica
-            .sessions("")?
-            .into_iter()
-            .find(|r| r["id"] == id && r["state"] == "complete"))
-    })?;
-    assert_eq!(record["bytes"], recording.len() as u64, "{record}");
-    assert_eq!(
-        sha256(&replica.read_recording(&record)?),
-        sha256(&recording)
-    );
-    assert!(
-        replica
-            .log_text()
-            .contains("completed a late copy from a peer"),
-        "the copy was completed by something else than the repair"
-    );
-    Ok(())
+    assert_repaired_copy(replica, id, &recording, 60)
 }
 
 /// A replica frozen before its session's first byte reached it, and kept away past the
@@ -425,24 +419,7 @@ fn a_replica_that_never_heard_of_its_session_gets_the_whole_copy_once_back() -> 
     );
     std::thread::sleep(Duration::from_secs(17));
     replica.signal(libc::SIGCONT);
-    let record = eventually(30, "the returning replica's copy to be complete", || {
-        Ok(replica
-            .sessions("")?
-            .into_iter()
-            .find(|r| r["id"] == id && r["state"] == "complete"))
-    })?;
-    assert_eq!(record["bytes"], recording.len() as u64, "{record}");
-    assert_eq!(
-        sha256(&replica.read_recording(&record)?),
-        sha256(&recording)
-    );
-    assert!(
-        replica
-            .log_text()
-            .contains("completed a late copy from a peer"),
-        "the copy was completed by something else than the repair"
-    );
-    Ok(())
+    assert_repaired_copy(replica, id, &recording, 30)
 }
 
 #[test]
