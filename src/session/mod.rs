@@ -12,6 +12,7 @@
 //! its durable offset from a sync loop: replication slots in there, making "durable" mean
 //! "durable on a majority" without changing ingest.
 
+mod names;
 pub mod pipeline;
 
 use std::collections::{BTreeMap, HashMap};
@@ -293,6 +294,9 @@ pub struct SessionManager {
     /// Cancelled to hand every live session off to another node (disk full); replaced by
     /// a fresh token for the sessions that start afterwards.
     handoff: Mutex<CancellationToken>,
+    /// Where each (SSH server, second)'s name series goes on, so concurrent admissions
+    /// here never claim the same name and a busy second is not probed from the start.
+    names: Mutex<names::NameCursor>,
 }
 
 impl SessionManager {
@@ -311,6 +315,7 @@ impl SessionManager {
             shutdown,
             admission,
             handoff: Mutex::new(CancellationToken::new()),
+            names: Mutex::new(names::NameCursor::default()),
         })
     }
 
@@ -420,7 +425,8 @@ impl SessionManager {
     /// Picks the recording's name and claims the session under it. Every replica stores
     /// the recording at the same path, so the name is reserved through the claim (unique
     /// in the set) before the file exists; names this node's files already use are
-    /// skipped, and suffixed names carry this node's tag.
+    /// skipped, suffixed names carry this node's tag, and each admission here gets its
+    /// own candidate from [`names::NameCursor`].
     async fn reserve_name(
         &self,
         id: &str,
@@ -429,7 +435,8 @@ impl SessionManager {
     ) -> Result<(Claim, crate::storage::RecordingFile), Refusal> {
         let stem = crate::storage::layout::recording_stem(started);
         let tag = self.admission.name_tag();
-        for n in 0..MAX_NAME_ATTEMPTS {
+        for _ in 0..MAX_NAME_ATTEMPTS {
+            let n = self.next_name_position(node_dir, &stem);
             let name = crate::storage::layout::candidate_name(&stem, tag, n);
             if self.storage.recording_exists(node_dir, &name).await {
                 continue;
@@ -461,6 +468,13 @@ impl SessionManager {
         Err(Refusal::Storage(StorageError::Exists(
             self.storage.dst().join(node_dir).join(stem),
         )))
+    }
+
+    fn next_name_position(&self, node_dir: &str, stem: &str) -> u32 {
+        // A poisoned lock only means a panic elsewhere mid-`take`; the cursor is still a
+        // valid (if forgetful) state, and forgetting is safe.
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.take(node_dir, stem)
     }
 
     async fn continue_here(
