@@ -20,6 +20,8 @@ pub const ACKS_SENT: &str = "quorumcast_acks_sent_total";
 pub const FSYNC_SECONDS: &str = "quorumcast_fsync_seconds";
 /// Histogram: files synced per group-commit round.
 pub const COMMIT_BATCH_FILES: &str = "quorumcast_commit_batch_files";
+pub const INDEX_COMMIT_SECONDS: &str = "quorumcast_index_commit_seconds";
+pub const INDEX_BATCH_RECORDS: &str = "quorumcast_index_batch_records";
 /// Counter: recordings whose content is not valid asciicast v2 (bytes kept anyway).
 pub const INVALID_RECORDINGS: &str = "quorumcast_invalid_recordings_total";
 /// Counter: sessions refused before they started, by `reason`.
@@ -95,6 +97,12 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLAIM_SECONDS.into()), CLAIM_BUCKETS))
         .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(INDEX_COMMIT_SECONDS.into()), FSYNC_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(INDEX_BATCH_RECORDS.into()), BATCH_BUCKETS)
+        })
+        .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(TAKEOVER_SECONDS.into()), CLAIM_BUCKETS)
         })
         .map_err(|e| MetricsError(e.to_string()))?
@@ -129,6 +137,15 @@ fn describe() {
         "Duration of one group-commit round"
     );
     describe_histogram!(COMMIT_BATCH_FILES, "Files synced per group-commit round");
+    describe_histogram!(
+        INDEX_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Duration of one session-index commit round"
+    );
+    describe_histogram!(
+        INDEX_BATCH_RECORDS,
+        "Session records committed per index round"
+    );
     describe_counter!(
         INVALID_RECORDINGS,
         "Recordings whose content is not valid asciicast v2"

@@ -1,15 +1,23 @@
 //! The durable session index: one record per recording, kept in redb under statedir.
 //!
-//! It owns the [`SessionRecord`] format and its persistence (every write is one fsynced
-//! redb transaction: a few per session lifetime, never per chunk). It does not own live
-//! byte counts: those live in the session registry and are overlaid on listings.
+//! It owns the [`SessionRecord`] format and its persistence: a few writes per session
+//! lifetime, never per chunk, each durable when it returns. Writes from running sessions
+//! go through one writer thread that commits every record queued meanwhile in one redb
+//! transaction (one fsync and one copy of the touched pages per round, not per record),
+//! as the group commit does for recordings. It does not own live byte counts: those live
+//! in the session registry and are overlaid on listings.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics as m;
 
 use crate::asciicast::{Header, Problem};
 
@@ -21,6 +29,14 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1
 
 /// Current record format.
 const FORMAT: u32 = 1;
+
+/// Queue bound of the writer: a session has at most one write outstanding, so this only
+/// needs to be at least the session limit; writers wait (back-pressure) if it is full.
+pub const WRITE_QUEUE_BOUND: usize = 16 * 1024;
+
+/// Records committed together at most, so that one round stays short and its waiters
+/// are answered soon; the rest of the queue goes in the next round.
+const MAX_WRITE_BATCH: usize = 512;
 
 /// Lifecycle of a recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,28 +149,91 @@ impl SessionFilter {
     }
 }
 
-/// Handle to the index database. Cheap to clone; blocking calls go through
-/// `spawn_blocking` in [`super::Storage`].
+/// Handle to the index database. Cheap to clone. Reads and [`Index::put`] block (they
+/// go through `spawn_blocking` in [`super::Storage`]); [`Index::store`] is async and
+/// rides the writer's next round.
 #[derive(Clone)]
 pub struct Index {
     db: Arc<Database>,
+    /// The writer thread's queue; the thread ends (and is joined) with the last handle.
+    writer: Arc<Writer>,
+}
+
+/// One record to commit, and who waits for it.
+struct WriteRequest {
+    id: String,
+    value: Vec<u8>,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// The writer thread and its queue. Dropping it closes the queue, lets the thread finish
+/// the round it is in, and joins it, so the database file is closed once the last
+/// [`Index`] handle is gone (a reopen of the same path then succeeds).
+struct Writer {
+    queue: Option<mpsc::Sender<WriteRequest>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.queue.take();
+        let thread = self.thread.get_mut().map(Option::take);
+        if let Ok(Some(thread)) = thread {
+            // A panic in the writer already failed its waiters; nothing more to report.
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Index {
     pub fn open(path: &Path) -> Result<Index, StorageError> {
-        let db = Database::create(path).map_err(|e| StorageError::Index(e.to_string()))?;
-        let index = Index { db: Arc::new(db) };
+        let db = Arc::new(Database::create(path).map_err(|e| StorageError::Index(e.to_string()))?);
         // Create the table so that readers never see "table does not exist".
-        index.write(|_| Ok(()))?;
-        Ok(index)
+        write_txn(&db, |_| Ok(()))?;
+        let (queue, rx) = mpsc::channel(WRITE_QUEUE_BOUND);
+        let thread = std::thread::Builder::new()
+            .name("index-commit".into())
+            .spawn({
+                let db = db.clone();
+                move || run_writer(&db, rx)
+            })
+            .map_err(|e| StorageError::Index(format!("cannot start the index writer: {e}")))?;
+        let writer = Writer {
+            queue: Some(queue),
+            thread: Mutex::new(Some(thread)),
+        };
+        Ok(Index {
+            db,
+            writer: Arc::new(writer),
+        })
     }
 
+    /// Stores `record` durably, on this thread and in its own transaction (startup
+    /// recovery and tests; running sessions use [`Index::store`]).
     pub fn put(&self, record: &SessionRecord) -> Result<(), StorageError> {
-        let value = serde_json::to_vec(record).map_err(|e| StorageError::Index(e.to_string()))?;
-        self.write(|table| {
+        let value = encode(record)?;
+        write_txn(&self.db, |table| {
             table.insert(record.id.as_str(), value.as_slice())?;
             Ok(())
         })
+    }
+
+    /// Stores `record` durably in the writer's next round, together with every other
+    /// record queued meanwhile. Returns once that round is committed.
+    pub async fn store(&self, record: &SessionRecord) -> Result<(), StorageError> {
+        let gone = || StorageError::Index("the index writer stopped".into());
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            id: record.id.clone(),
+            value: encode(record)?,
+            reply,
+        };
+        let queue = self.writer.queue.as_ref().ok_or_else(gone)?;
+        queue.send(request).await.map_err(|_| gone())?;
+        answer
+            .await
+            .map_err(|_| gone())?
+            .map_err(StorageError::Index)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, StorageError> {
@@ -181,18 +260,53 @@ impl Index {
         out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
         Ok(out)
     }
+}
 
-    fn write(
-        &self,
-        f: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<(), redb::StorageError>,
-    ) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(index_err)?;
-        {
-            let mut table = txn.open_table(SESSIONS).map_err(index_err)?;
-            f(&mut table).map_err(index_err)?;
+/// The writer thread: takes whatever is queued (up to [`MAX_WRITE_BATCH`]), commits it
+/// in one transaction, answers every waiter with the outcome, and goes on until every
+/// handle is dropped. Requests are inserted in queue order, so a session's later record
+/// wins over its earlier one even within one round.
+fn run_writer(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
+    let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
         }
-        txn.commit().map_err(index_err)
+        let started = Instant::now();
+        let outcome = write_txn(db, |table| {
+            for request in &batch {
+                table.insert(request.id.as_str(), request.value.as_slice())?;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string());
+        metrics::histogram!(m::INDEX_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::INDEX_BATCH_RECORDS).record(batch.len() as f64);
+        for request in batch.drain(..) {
+            // The waiter may have gone away (its session was cancelled); nothing to do.
+            let _ = request.reply.send(outcome.clone());
+        }
     }
+}
+
+fn write_txn(
+    db: &Database,
+    f: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<(), redb::StorageError>,
+) -> Result<(), StorageError> {
+    let txn = db.begin_write().map_err(index_err)?;
+    {
+        let mut table = txn.open_table(SESSIONS).map_err(index_err)?;
+        f(&mut table).map_err(index_err)?;
+    }
+    txn.commit().map_err(index_err)
+}
+
+fn encode(record: &SessionRecord) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(record).map_err(|e| StorageError::Index(e.to_string()))
 }
 
 fn decode(bytes: &[u8]) -> Result<SessionRecord, StorageError> {
@@ -244,5 +358,36 @@ mod tests {
             index.get("b").expect("get").map(|r| r.node_dir),
             Some("n2".into())
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_stores_are_durable_and_a_sessions_last_record_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("index.redb");
+        let index = Index::open(&path).expect("open");
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..300 {
+            let index = index.clone();
+            tasks.spawn(async move {
+                let mut record =
+                    SessionRecord::new_live(format!("s{i}"), "n".into(), format!("n/{i}"), "v2");
+                index.store(&record).await?;
+                record.state = SessionState::Complete;
+                record.bytes = i;
+                index.store(&record).await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task").expect("store");
+        }
+        // The last handle joins the writer, so the file can be opened again at once.
+        drop(index);
+        let index = Index::open(&path).expect("reopen");
+        let all = index.list(&SessionFilter::default()).expect("list");
+        assert_eq!(all.len(), 300);
+        for record in all {
+            assert_eq!(record.state, SessionState::Complete, "{}", record.id);
+            assert_eq!(format!("s{}", record.bytes), record.id);
+        }
     }
 }

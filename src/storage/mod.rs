@@ -396,9 +396,9 @@ impl Storage {
         tokio::task::spawn_blocking(move || index.get(&id)).await?
     }
 
+    /// Stores `record` durably; concurrent calls share one index commit.
     pub async fn put_record(&self, record: SessionRecord) -> Result<(), StorageError> {
-        let index = self.index.clone();
-        tokio::task::spawn_blocking(move || index.put(&record)).await?
+        self.index.store(&record).await
     }
 
     pub async fn list_records(
