@@ -289,8 +289,15 @@ impl Session {
         if let Some(header) = progress.header {
             self.record.header = Some(header);
             self.record.bytes = self.recording.written();
-            if let Err(e) = self.manager.storage().put_record(self.record.clone()).await {
-                // The header is in the recording itself; the index catches up at the end.
+            // Not awaited to durability: the read loop goes on at once, and the header
+            // is in the recording itself should a crash lose this record.
+            if let Err(e) = self
+                .manager
+                .storage()
+                .queue_record(self.record.clone())
+                .await
+            {
+                // The index catches up at the end.
                 tracing::warn!(id = %self.record.id, error = %e, "cannot index header yet");
             }
         }

@@ -221,6 +221,25 @@ impl Index {
     /// Stores `record` durably in the writer's next round, together with every other
     /// record queued meanwhile. Returns once that round is committed.
     pub async fn store(&self, record: &SessionRecord) -> Result<(), StorageError> {
+        let answer = self.enqueue(record).await?;
+        let gone = || StorageError::Index("the index writer stopped".into());
+        answer
+            .await
+            .map_err(|_| gone())?
+            .map_err(StorageError::Index)
+    }
+
+    /// Queues `record` for the writer's next round and returns without waiting for it to
+    /// be durable (only for queue space). Anything queued or stored later is committed
+    /// in the same round or after it; a failed round is logged.
+    pub async fn queue(&self, record: &SessionRecord) -> Result<(), StorageError> {
+        self.enqueue(record).await.map(drop)
+    }
+
+    async fn enqueue(
+        &self,
+        record: &SessionRecord,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, StorageError> {
         let gone = || StorageError::Index("the index writer stopped".into());
         let (reply, answer) = oneshot::channel();
         let request = WriteRequest {
@@ -230,10 +249,7 @@ impl Index {
         };
         let queue = self.writer.queue.as_ref().ok_or_else(gone)?;
         queue.send(request).await.map_err(|_| gone())?;
-        answer
-            .await
-            .map_err(|_| gone())?
-            .map_err(StorageError::Index)
+        Ok(answer)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, StorageError> {
@@ -284,6 +300,10 @@ fn run_writer(db: &Database, mut rx: mpsc::Receiver<WriteRequest>) {
             Ok(())
         })
         .map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            // Queued records have no waiter to tell; those that do get the error too.
+            tracing::warn!(records = batch.len(), error = %e, "session index commit failed");
+        }
         metrics::histogram!(m::INDEX_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::INDEX_BATCH_RECORDS).record(batch.len() as f64);
         for request in batch.drain(..) {
@@ -389,5 +409,23 @@ mod tests {
             assert_eq!(record.state, SessionState::Complete, "{}", record.id);
             assert_eq!(format!("s{}", record.bytes), record.id);
         }
+    }
+
+    #[tokio::test]
+    async fn a_queued_record_is_durable_once_a_later_store_returns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("index.redb");
+        let index = Index::open(&path).expect("open");
+        let mut a = SessionRecord::new_live("a".into(), "n".into(), "n/a".into(), "v2");
+        a.header = Some(Header {
+            ssh_user: Some("alice".into()),
+            ..Header::default()
+        });
+        index.queue(&a).await.expect("queue");
+        let b = SessionRecord::new_live("b".into(), "n".into(), "n/b".into(), "v2");
+        index.store(&b).await.expect("store");
+        drop(index);
+        let index = Index::open(&path).expect("reopen");
+        assert_eq!(index.get("a").expect("get"), Some(a));
     }
 }

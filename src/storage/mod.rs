@@ -401,6 +401,13 @@ impl Storage {
         self.index.store(&record).await
     }
 
+    /// Queues `record` for the index without waiting for its commit (for facts that a
+    /// crash may lose, like a live session's header, which its recording holds anyway).
+    /// A later [`Storage::put_record`] of the same session is committed after it.
+    pub async fn queue_record(&self, record: SessionRecord) -> Result<(), StorageError> {
+        self.index.queue(&record).await
+    }
+
     pub async fn list_records(
         &self,
         filter: SessionFilter,
