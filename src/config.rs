@@ -106,7 +106,11 @@ struct ClusterFileConfig {
     disk_check_ms: Option<u64>,
     snapshot_logs: Option<u64>,
     orphan_timeout_ms: Option<u64>,
+    forget_ended_after_secs: Option<u64>,
 }
+
+/// Default of `forget_ended_after_secs`: a week.
+const DEFAULT_FORGET_ENDED_SECS: u64 = 7 * 24 * 3600;
 
 /// One member of the initial set, as the config file names it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -144,6 +148,11 @@ pub struct ClusterConfig {
     /// A live session whose owner is silent this long and that no client resumed is
     /// sealed by a replica (default 30 s: longer than a client's failover deadline).
     pub orphan_timeout: Duration,
+    /// Ended sessions older than this (by start) leave the Raft table, so that it and its
+    /// snapshots don't grow with every recording ever made (default 7 days; `0` keeps
+    /// them forever). The leader's value applies. A replica away for longer than this
+    /// is no longer repaired for those sessions; every node's own index keeps them.
+    pub forget_ended_after: Option<Duration>,
 }
 
 /// A validated node configuration.
@@ -255,6 +264,13 @@ fn cluster_config(
         disk_check: ms(c.disk_check_ms, 1000),
         snapshot_logs: c.snapshot_logs,
         orphan_timeout: ms(c.orphan_timeout_ms, 30_000),
+        forget_ended_after: match c
+            .forget_ended_after_secs
+            .unwrap_or(DEFAULT_FORGET_ENDED_SECS)
+        {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        },
     };
     let invalid = |message: &str| ConfigError::Invalid {
         field: "cluster",

@@ -475,3 +475,46 @@ fn a_node_that_missed_compacted_log_catches_up_from_a_snapshot() -> Result<()> {
     assert_eq!(set.sealed_sessions(down, 15)?.len(), 15);
     Ok(())
 }
+
+#[test]
+fn ended_sessions_leave_the_raft_table_after_the_retention_while_live_ones_stay() -> Result<()> {
+    // A 4 s retention, so the leader's clean-up pass runs every 4 s.
+    let set = Set::start(3, "forget_ended_after_secs = 4")?;
+    let node = set.members[0].node.as_ref().context("node")?;
+    let mut live = H2Upload::v2(node)?;
+    let header = b"{\"version\": 2, \"width\": 80, \"height\": 24}\n";
+    live.send(header)?;
+    live.wait_ack(header.len() as u64)?;
+    assert_eq!(set.upload(1)?.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut saw_both = false;
+    loop {
+        let tables = (0..3)
+            .map(|i| set.cluster_sessions(i))
+            .collect::<Result<Vec<_>>>()?;
+        saw_both |= tables[0].len() == 2;
+        let only_live = tables
+            .iter()
+            .all(|t| t.len() == 1 && t[0]["state"] == "live");
+        if saw_both && only_live {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the ended session was not forgotten everywhere (saw both: {saw_both}): {tables:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only the Raft table forgets: the recording and its index record stay on every node.
+    for member in &set.members {
+        let node = member.node.as_ref().context("node")?;
+        let complete = node.wait_sessions("complete", 1)?;
+        assert!(
+            !node.read_recording(&complete[0])?.is_empty(),
+            "recording bytes gone"
+        );
+    }
+    live.finish()?;
+    Ok(())
+}

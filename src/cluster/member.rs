@@ -179,6 +179,9 @@ impl Member {
         member.bootstrap().await?;
         tracker.spawn(disk::monitor(member.clone(), dst, shutdown.clone()));
         tracker.spawn(export_metrics(member.clone(), shutdown.clone()));
+        if let Some(after) = member.config.forget_ended_after {
+            tracker.spawn(forget_ended(member.clone(), after, shutdown.clone()));
+        }
         let raft = member.raft.clone();
         tracker.spawn(async move {
             shutdown.cancelled().await;
@@ -734,6 +737,46 @@ impl RpcHandler<ClusterRequest, ClusterResponse> for RpcServer {
                 let answer = member.propose(command).await.map_err(|e| e.to_string());
                 ClusterResponse::Propose(answer)
             }
+        }
+    }
+}
+
+/// How often the leader looks for ended sessions to forget. Each pass that finds some
+/// costs one log entry; a pass that finds none costs a scan of the table, no entry.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// On the leader: proposes [`Command::ForgetEnded`] for the sessions that ended and
+/// started more than `after` ago, so that the table keeps a bounded history.
+async fn forget_ended(member: Arc<Member>, after: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(FORGET_EVERY.min(after));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if member.raft.metrics().borrow().state != ServerState::Leader {
+            continue;
+        }
+        let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(after_ms);
+        if !member.state.read(|s| s.has_ended_before(cutoff)) {
+            continue;
+        }
+        match member
+            .propose(Command::ForgetEnded {
+                started_before_ms: cutoff,
+            })
+            .await
+        {
+            Ok(CommandResponse::Forgotten { sessions }) => {
+                tracing::info!(sessions, "forgot ended sessions older than the retention");
+            }
+            Ok(other) => tracing::warn!(?other, "unexpected answer to ForgetEnded"),
+            // Lost leadership or quorum meanwhile: the next leader's pass does it.
+            Err(e) => tracing::debug!(error = %e, "could not forget ended sessions"),
         }
     }
 }

@@ -92,6 +92,10 @@ fn name_of(session: &SessionEntry) -> (String, String) {
     (session.node_dir.clone(), session.file_name.clone())
 }
 
+/// Start of the rejection reason of a claim whose recording name another session holds;
+/// the claimant retries with the next name.
+pub const NAME_TAKEN: &str = "file name taken";
+
 /// Internal result of one rule: the reply, or the reason for a rejection.
 type Outcome = Result<CommandResponse, String>;
 
@@ -142,6 +146,7 @@ impl ClusterState {
             } => self.take_over(id, *new_owner, *from_epoch, up, members),
             Command::EndSession { id, state, epoch } => self.end(id, *state, *epoch),
             Command::SetSettings(settings) => self.set_settings(settings),
+            Command::ForgetEnded { started_before_ms } => Ok(self.forget_ended(*started_before_ms)),
             Command::Batch(_) => Err("unreachable: batches are applied above".into()),
         };
         outcome.unwrap_or_else(|reason| CommandResponse::Rejected { reason })
@@ -385,6 +390,35 @@ impl ClusterState {
         self.settings = settings.clone();
         Ok(CommandResponse::Ok)
     }
+
+    /// Removes every ended session started before the cutoff, with its name. Live
+    /// sessions stay whatever their age. One pass over the table, in key order.
+    fn forget_ended(&mut self, started_before_ms: i64) -> CommandResponse {
+        let names = &mut self.names;
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| {
+            let forget = is_ended_before(s, started_before_ms);
+            if forget {
+                names.remove(&name_of(s));
+            }
+            !forget
+        });
+        CommandResponse::Forgotten {
+            sessions: (before - self.sessions.len()) as u64,
+        }
+    }
+
+    /// Whether a [`Command::ForgetEnded`] at this cutoff would remove anything (so the
+    /// leader proposes one only then).
+    pub fn has_ended_before(&self, started_before_ms: i64) -> bool {
+        self.sessions
+            .values()
+            .any(|s| is_ended_before(s, started_before_ms))
+    }
+}
+
+fn is_ended_before(session: &SessionEntry, started_before_ms: i64) -> bool {
+    session.state != ClusterSessionState::Live && session.started_at_ms < started_before_ms
 }
 
 /// A node's disk state from its free and total bytes, with hysteresis so that a node
@@ -397,10 +431,6 @@ impl ClusterState {
 ///   least `pressure_min_free_bytes` free, else `Pressure`.
 ///
 /// A zero total (nothing usable, or a bogus measurement) is `Full`.
-/// Start of the rejection reason of a claim whose recording name another session holds;
-/// the claimant retries with the next name.
-pub const NAME_TAKEN: &str = "file name taken";
-
 pub fn classify(
     settings: &Settings,
     previous: DiskState,

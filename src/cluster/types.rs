@@ -197,6 +197,13 @@ pub enum Command {
     /// Several commands in one log entry, applied in order, each on its own (one may be
     /// rejected while the others apply). How concurrent claims and ends share one fsync.
     Batch(Vec<Command>),
+    /// The leader's periodic clean-up: every ended session (not `Live`) that started
+    /// before `started_before_ms` leaves the table, and its name is free again. The cutoff
+    /// is in the command, not read from a clock, so every replica removes the same ones.
+    /// (Appended last: earlier variants keep their bincode tags.)
+    ForgetEnded {
+        started_before_ms: i64,
+    },
 }
 
 /// The state machine's answer to one [`Command`] (or to a blank/membership entry: `Ok`).
@@ -214,4 +221,8 @@ pub enum CommandResponse {
     },
     /// One answer per command of a [`Command::Batch`], in order.
     Batch(Vec<CommandResponse>),
+    /// How many ended sessions a [`Command::ForgetEnded`] removed.
+    Forgotten {
+        sessions: u64,
+    },
 }

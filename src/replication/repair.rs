@@ -57,6 +57,10 @@ const SCAN_BATCH: usize = 1024;
 /// First wait before retrying a copy that no peer could complete; doubles up to
 /// [`RETRY_MAX`], so a copy nobody holds costs a few RPCs an hour, not every pass.
 const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// Every this many passes (10 minutes), the ids the leader's clean-up removed from the
+/// Raft table (`forget_ended_after_secs`) are dropped from [`Repairs::settled`] and the
+/// retry list too, so that they stay as bounded as the table.
+const PRUNE_EVERY_PASSES: u64 = 60;
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// One read of a peer's recording.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,10 +159,12 @@ pub struct Repairs {
     /// Ended sessions whose copy here needs nothing more: found finished, repaired, or
     /// beyond repair (longer here than on the peers). Without it every pass would read
     /// the index for every recording ever made; with it a pass reads only new ones. It
-    /// grows like the Raft session table, which keeps every ended session too.
+    /// is pruned like the Raft session table ([`PRUNE_EVERY_PASSES`]).
     settled: HashSet<String>,
     /// Copies that no peer could complete yet: when to try again and the wait after that.
     retry: HashMap<String, (Instant, Duration)>,
+    /// Passes made, for the pruning schedule.
+    passes: u64,
 }
 
 /// What a pass does with one ended session.
@@ -178,12 +184,40 @@ impl Repairs {
             copies,
             settled: HashSet::new(),
             retry: HashMap::new(),
+            passes: 0,
+        }
+    }
+
+    /// Forgets the sessions the Raft table no longer has, looked up [`SCAN_BATCH`] per
+    /// read lock.
+    fn prune(&mut self) {
+        let ids: Vec<String> = self
+            .settled
+            .iter()
+            .chain(self.retry.keys())
+            .cloned()
+            .collect();
+        for chunk in ids.chunks(SCAN_BATCH) {
+            let gone: Vec<&String> = self.member.state.read(|s| {
+                chunk
+                    .iter()
+                    .filter(|id| !s.sessions().contains_key(id.as_str()))
+                    .collect()
+            });
+            for id in gone {
+                self.settled.remove(id);
+                self.retry.remove(id);
+            }
         }
     }
 
     /// One look at every ended session this node should hold a copy of and that is not
     /// settled; returns how many copies it completed.
     pub async fn pass(&mut self) -> usize {
+        self.passes += 1;
+        if self.passes % PRUNE_EVERY_PASSES == 0 {
+            self.prune();
+        }
         let mut repaired = 0;
         for entry in self.candidates() {
             match self.look(&entry).await {

@@ -11,14 +11,68 @@ fn members(ids: &[NodeId]) -> BTreeSet<NodeId> {
 }
 
 fn claim(id: &str, owner: NodeId, up: &[NodeId]) -> Command {
+    claim_at(id, owner, up, 0)
+}
+
+fn claim_at(id: &str, owner: NodeId, up: &[NodeId], started_at_ms: i64) -> Command {
     Command::ClaimSession {
         id: id.into(),
         owner,
         node_dir: "100.64.0.1".into(),
         file_name: format!("2026-01-01T00:00:00Z-{id}.cast"),
-        started_at_ms: 0,
+        started_at_ms,
         up: up.to_vec(),
     }
+}
+
+fn end(id: &str, state: ClusterSessionState) -> Command {
+    Command::EndSession {
+        id: id.into(),
+        state,
+        epoch: 1,
+    }
+}
+
+#[test]
+fn forgetting_removes_only_ended_sessions_started_before_the_cutoff_and_frees_their_names() {
+    let m = members(&[1, 2, 3]);
+    let mut st = ClusterState::default();
+    for (id, at) in [
+        ("old-sealed", 10),
+        ("old-live", 10),
+        ("old-orphan", 20),
+        ("new", 30),
+    ] {
+        claimed(st.apply(&claim_at(id, 1, &[1, 2, 3], at), &m));
+    }
+    st.apply(&end("old-sealed", ClusterSessionState::Sealed), &m);
+    st.apply(&end("old-orphan", ClusterSessionState::Orphaned), &m);
+    st.apply(&end("new", ClusterSessionState::Sealed), &m);
+    assert!(st.has_ended_before(30));
+    assert!(!st.has_ended_before(10));
+
+    let forget = Command::ForgetEnded {
+        started_before_ms: 30,
+    };
+    assert_eq!(
+        st.apply(&forget, &m),
+        CommandResponse::Forgotten { sessions: 2 }
+    );
+    let left: Vec<&str> = st.sessions().keys().map(String::as_str).collect();
+    assert_eq!(left, ["new", "old-live"]);
+    assert!(!st.has_ended_before(30));
+    assert_eq!(
+        st.apply(&forget, &m),
+        CommandResponse::Forgotten { sessions: 0 }
+    );
+    // The forgotten recording's name can be claimed again (a later session, same path).
+    claimed(st.apply(&claim_at("old-sealed", 2, &[1, 2, 3], 40), &m));
+    // A long-lived session stays while live, and goes once it ended.
+    st.apply(&end("old-live", ClusterSessionState::Aborted), &m);
+    assert_eq!(
+        st.apply(&forget, &m),
+        CommandResponse::Forgotten { sessions: 1 }
+    );
 }
 
 fn report(node: NodeId, state: DiskState) -> Command {
@@ -345,6 +399,9 @@ fn command() -> impl Strategy<Value = Command> {
             replication_factor,
             ..Settings::default()
         })),
+        2 => (session_id(), node(), up(), 0..3i64)
+            .prop_map(|(id, owner, up, at)| claim_at(&id, owner, &up, at)),
+        1 => (0..4i64).prop_map(|started_before_ms| Command::ForgetEnded { started_before_ms }),
     ]
 }
 
@@ -363,8 +420,23 @@ fn check_step(
     if is_rejected(resp) {
         prop_assert_eq!(before, after, "a rejected command changed the state");
     }
+    let forgotten_before = match cmd {
+        Command::ForgetEnded { started_before_ms } => Some(*started_before_ms),
+        _ => None,
+    };
     for (id, old) in &before.sessions {
+        let forgettable = forgotten_before.is_some_and(|cutoff| {
+            old.state != ClusterSessionState::Live && old.started_at_ms < cutoff
+        });
         let new = after.sessions.get(id);
+        if forgettable {
+            prop_assert!(
+                new.is_none(),
+                "ended session {} older than the cutoff kept",
+                id
+            );
+            continue;
+        }
         prop_assert!(new.is_some(), "session {} vanished", id);
         let new = new.expect("checked");
         prop_assert!(new.epoch >= old.epoch, "epoch of {} went down", id);
@@ -444,6 +516,13 @@ fn check_step(
         (Command::TakeOver { id, .. }, CommandResponse::Claimed { epoch, .. }) => {
             prop_assert_eq!(*epoch, before.sessions[id].epoch + 1);
         }
+        (Command::ForgetEnded { .. }, CommandResponse::Forgotten { sessions }) => {
+            let removed = before.sessions.len() - after.sessions.len();
+            prop_assert_eq!(*sessions, removed as u64);
+        }
+        (Command::ForgetEnded { .. }, other) => {
+            prop_assert!(false, "ForgetEnded answered {:?}", other);
+        }
         _ => {}
     }
     Ok(())
@@ -461,6 +540,8 @@ proptest! {
             let before = state.clone();
             let resp = state.apply(cmd, &members);
             check_step(&before, cmd, &resp, &state, &members)?;
+            // A forgotten id may be claimed again: a new session, starting at epoch 1.
+            epochs.retain(|id, _| state.sessions.contains_key(id));
             for (id, s) in &state.sessions {
                 let last = epochs.insert(id.clone(), s.epoch).unwrap_or(0);
                 prop_assert!(s.epoch >= last);
