@@ -21,7 +21,7 @@ use super::wire::OpenCopy;
 use crate::cluster::store::StateReader;
 use crate::metrics as m;
 use crate::storage::index::{SessionRecord, SessionState};
-use crate::storage::{RecordingFile, Storage, StorageError};
+use crate::storage::{CacheRelease, RecordingFile, Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -54,6 +54,9 @@ pub struct Copy {
     last_owner_contact: Mutex<Instant>,
     /// Cancelled when the copy is forgotten: ends its sync loop.
     closed: CancellationToken,
+    /// Drops the copy's durable bytes from the page cache (nothing here reads them back
+    /// while the session runs); see [`CacheRelease`].
+    cache: Mutex<CacheRelease>,
 }
 
 struct CopyInner {
@@ -159,8 +162,10 @@ impl Copies {
         let file = self.storage.open_copy(node_dir, file_name).await?;
         let record = self.local_record(session, &file, epoch).await?;
         let len = file.written();
+        let cache = Mutex::new(CacheRelease::new(file.sync_handle(), 0));
         let copy = Arc::new(Copy {
             session: session.to_string(),
+            cache,
             inner: tokio::sync::Mutex::new(CopyInner {
                 file,
                 fence: 0,
@@ -318,6 +323,10 @@ impl Copy {
             *d = (*d).max(len);
             advanced
         });
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .advance(len);
         Ok(len)
     }
 

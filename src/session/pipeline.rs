@@ -24,7 +24,7 @@ use crate::asciicast::{Problem, Progress, Validator};
 use crate::metrics as m;
 use crate::replication::quorum::quorum_offset;
 use crate::storage::index::{SessionRecord, SessionState};
-use crate::storage::{RecordingFile, Storage, StorageError, SyncHandle};
+use crate::storage::{CacheRelease, RecordingFile, Storage, StorageError, SyncHandle};
 
 /// Upper bound on one batch: chunks already buffered are taken together up to this. A
 /// session holds at most two batches (one being written, one being checked) besides what
@@ -147,6 +147,7 @@ impl Session {
             replicator.as_ref().map(|r| (r.offsets(), r.set_size())),
             self.durable_tx.clone(),
             self.counters.clone(),
+            CacheRelease::new(self.recording.sync_handle(), self.start),
         ));
         let deposed = replicator.as_ref().map(|r| r.deposed()).unwrap_or_default();
         let reader = async {
@@ -466,12 +467,15 @@ impl Verdict {
     }
 }
 
-/// Publishes the majority-durable offset from this node's and the replicas' offsets.
+/// Publishes the majority-durable offset from this node's and the replicas' offsets, and
+/// releases from the page cache what every replica set member has made durable (so the
+/// replication senders, which read the file, are past it too).
 async fn combine(
     mut local: watch::Receiver<u64>,
     replicas: Option<(watch::Receiver<BTreeMap<u64, u64>>, usize)>,
     durable: watch::Sender<u64>,
     counters: Arc<LiveCounters>,
+    mut cache: CacheRelease,
 ) {
     let (mut others, set_size) = match replicas {
         Some((others, size)) => (Some(others), size),
@@ -480,13 +484,17 @@ async fn combine(
     let mut local_open = true;
     loop {
         let own = *local.borrow_and_update();
-        let quorum = match others.as_mut() {
-            None => own,
+        let (quorum, everywhere) = match others.as_mut() {
+            None => (own, own),
             Some(o) => {
                 let offsets: Vec<u64> = o.borrow_and_update().values().copied().collect();
-                quorum_offset(own, &offsets, set_size)
+                (
+                    quorum_offset(own, &offsets, set_size),
+                    durable_everywhere(own, &offsets, set_size),
+                )
             }
         };
+        cache.advance(everywhere);
         durable.send_if_modified(|d| {
             let advanced = quorum > *d;
             *d = (*d).max(quorum);
@@ -507,6 +515,15 @@ async fn combine(
             return;
         }
     }
+}
+
+/// The offset durable on every member of a replica set of `set_size` (0 until every
+/// replica reported).
+fn durable_everywhere(own: u64, replicas: &[u64], set_size: usize) -> u64 {
+    if replicas.len() + 1 < set_size {
+        return 0;
+    }
+    replicas.iter().copied().fold(own, u64::min)
 }
 
 /// Takes `first` and whatever the body already has buffered, up to [`MAX_BATCH_BYTES`],
@@ -586,6 +603,22 @@ mod tests {
             CancellationToken::new(),
             Arc::new(crate::session::Standalone),
         )
+    }
+
+    #[test]
+    fn bytes_count_as_durable_everywhere_only_once_every_replica_reported() {
+        assert_eq!(
+            durable_everywhere(10, &[], 1),
+            10,
+            "no replicas: own offset"
+        );
+        assert_eq!(
+            durable_everywhere(10, &[7], 3),
+            0,
+            "one replica not heard of yet"
+        );
+        assert_eq!(durable_everywhere(10, &[7, 12], 3), 7);
+        assert_eq!(durable_everywhere(5, &[7, 12], 3), 5);
     }
 
     fn stream_of(chunks: Vec<&'static [u8]>) -> impl Stream<Item = Result<Bytes, String>> + Unpin {

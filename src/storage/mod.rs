@@ -215,6 +215,66 @@ pub struct SyncHandle {
     path: PathBuf,
 }
 
+/// Bytes released from the page cache at a time, at least: one `posix_fadvise` call per
+/// MiB written keeps the calls rare and the cached tail of a recording small.
+pub const RELEASE_STEP: u64 = 1 << 20;
+
+/// Page size the release rounds to (the kernel drops whole pages only).
+const PAGE: u64 = 4096;
+
+/// Drops a recording's bytes from the page cache once they are durable and every reader
+/// of the file (the replication senders) is past them.
+///
+/// A recording is written once and read again only for a replay, a repair or a takeover,
+/// which read from disk then. Keeping its bytes cached takes memory that the next writes
+/// have to find elsewhere: on a VM whose freed memory goes back to the host (virtio-balloon
+/// free page reporting, as on this project's machines) that means guest pages the host must
+/// back again on first touch. Measured there: `dd` of 3 GB into the page cache ran at
+/// 0.67-0.88 GB/s into such pages and at 4.9-5.1 GB/s into pages freed moments before.
+/// Released pages are taken by the next writes while they are still backed.
+pub struct CacheRelease {
+    handle: SyncHandle,
+    /// Everything below this offset was released (or was never written by this session).
+    released: u64,
+}
+
+impl CacheRelease {
+    /// Releases nothing below `from` (bytes of the file that this session did not write).
+    pub fn new(handle: SyncHandle, from: u64) -> CacheRelease {
+        CacheRelease {
+            handle,
+            released: from - from % PAGE,
+        }
+    }
+
+    /// Releases the cached bytes below `upto` (durable, and read by every reader), in whole
+    /// pages and once at least [`RELEASE_STEP`] accumulated. Never blocks on I/O: the range
+    /// is clean, so the kernel only unmaps and frees its pages.
+    pub fn advance(&mut self, upto: u64) {
+        let upto = upto - upto % PAGE;
+        if upto < self.released.saturating_add(RELEASE_STEP) {
+            return;
+        }
+        let (Ok(offset), Ok(len)) = (
+            i64::try_from(self.released),
+            i64::try_from(upto - self.released),
+        ) else {
+            return;
+        };
+        let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+        if let Err(e) = nix::fcntl::posix_fadvise(self.handle.file.as_ref(), offset, len, advice) {
+            // Only a hint: the bytes are durable either way, and stay cached a while longer.
+            tracing::debug!(path = %self.handle.path.display(), error = %e, "cannot release cached bytes");
+        }
+        self.released = upto;
+    }
+
+    /// Where the released range ends.
+    pub fn released(&self) -> u64 {
+        self.released
+    }
+}
+
 impl SyncHandle {
     /// Reads up to `max` bytes at `offset` (fewer at the end of the file). Blocking: call
     /// from the blocking pool.
@@ -445,6 +505,71 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages of the first `len` bytes of `file` that are in the page cache.
+    fn resident_pages(file: &File, len: usize) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut pages = vec![0u8; len.div_ceil(PAGE as usize)];
+        // SAFETY: a read-only shared mapping of `len` bytes of an open file, unmapped before
+        // returning; mincore only reports which of its pages are resident.
+        let rc = unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED, "mmap");
+            let rc = libc::mincore(addr, len, pages.as_mut_ptr());
+            libc::munmap(addr, len);
+            rc
+        };
+        assert_eq!(rc, 0, "mincore");
+        pages.iter().filter(|p| **p & 1 == 1).count()
+    }
+
+    #[test]
+    fn durable_bytes_leave_the_page_cache_in_whole_steps_and_stay_readable() {
+        // On a real disk: tmpfs pages are the data itself and are never dropped.
+        let root = std::path::Path::new("/var/tmp");
+        let dir = if root.is_dir() {
+            tempfile::tempdir_in(root).expect("tempdir")
+        } else {
+            tempfile::tempdir().expect("tempdir")
+        };
+        let path = dir.path().join("f");
+        let len = 3 * RELEASE_STEP as usize + 100;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .expect("create");
+        file.write_all_at(&data, 0).expect("write");
+        file.sync_all().expect("sync");
+        let handle = SyncHandle {
+            file: Arc::new(file),
+            path,
+        };
+        let all = len.div_ceil(PAGE as usize);
+        assert_eq!(resident_pages(&handle.file, len), all, "just written");
+
+        let mut cache = CacheRelease::new(handle.clone(), 0);
+        cache.advance(RELEASE_STEP - 1);
+        assert_eq!(cache.released(), 0, "less than a step releases nothing");
+        assert_eq!(resident_pages(&handle.file, len), all);
+        cache.advance(len as u64);
+        assert_eq!(cache.released(), 3 * RELEASE_STEP, "whole pages only");
+        assert_eq!(
+            resident_pages(&handle.file, len),
+            1,
+            "only the partial last page stays cached"
+        );
+        assert_eq!(handle.read_at(0, len).expect("read"), data);
+    }
 
     /// Chunks of many sizes, empty ones included, more of them than one `pwritev` takes.
     fn chunks(count: usize) -> Vec<Bytes> {
