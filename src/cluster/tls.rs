@@ -182,7 +182,7 @@ const _: () = assert!(MAX_UDP_PAYLOAD as usize * GSO_SEGMENTS <= MAX_GSO_SEND);
 /// The endpoint's own settings: the payload size it accepts.
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
-    // 16 KiB is within QUIC's bounds (1200..=65527), so this can't fail; keep the
+    // 6500 bytes is within QUIC's bounds (1200..=65527), so this can't fail; keep the
     // default if it ever does.
     if let Err(e) = config.max_udp_payload_size(MAX_UDP_PAYLOAD) {
         tracing::warn!(error = ?e, "cluster port: keeping quinn's default UDP payload size");
