@@ -57,11 +57,11 @@ const SCAN_BATCH: usize = 1024;
 /// First wait before retrying a copy that no peer could complete; doubles up to
 /// [`RETRY_MAX`], so a copy nobody holds costs a few RPCs an hour, not every pass.
 const RETRY_FIRST: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Every this many passes (10 minutes), the ids the leader's clean-up removed from the
 /// Raft table (`forget_ended_after_secs`) are dropped from [`Repairs::settled`] and the
 /// retry list too, so that they stay as bounded as the table.
 const PRUNE_EVERY_PASSES: u64 = 60;
-const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// One read of a peer's recording.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
