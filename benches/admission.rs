@@ -95,6 +95,8 @@ usage: cargo bench --bench admission [-- OPTIONS]
   --dir-root DIR        where the temp dir (node and etcd data) goes (default /var/tmp)
   --node-log FILTER     RUST_LOG of the nodes (default: unset, the binary's own default)
   --client-threads N    tokio worker threads of the load generator (default 1)
+  --interval-ms N       each client starts an admission at most every N ms (default 0:
+                        back to back), for both systems: latency at a fixed offered rate
   --keep                keep the temp dir (configs, data, node and etcd logs) at the end
   --node-bin PATH       run this quorumcast binary instead of the one cargo built (A/B runs)";
 
@@ -107,6 +109,8 @@ struct Options {
     dir_root: PathBuf,
     node_log: Option<String>,
     client_threads: usize,
+    /// Least time between the starts of one client's admissions (zero: back to back).
+    interval: Duration,
     keep: bool,
     /// The binary the set runs (a copy of it): cargo's build unless `--node-bin`.
     node_bin: PathBuf,
@@ -122,6 +126,7 @@ impl Options {
             dir_root: PathBuf::from("/var/tmp"),
             node_log: None,
             client_threads: 1,
+            interval: Duration::ZERO,
             keep: false,
             node_bin: PathBuf::from(BUILT_BIN),
         };
@@ -151,6 +156,7 @@ impl Options {
                 "--dir-root" => o.dir_root = PathBuf::from(value()?),
                 "--node-log" => o.node_log = Some(value()?),
                 "--client-threads" => o.client_threads = value()?.parse()?,
+                "--interval-ms" => o.interval = Duration::from_millis(value()?.parse()?),
                 "--keep" => o.keep = true,
                 "--node-bin" => o.node_bin = PathBuf::from(value()?),
                 "--help" | "-h" => {
@@ -230,7 +236,7 @@ async fn run(o: Options) -> Result<()> {
 
     let mut levels = Vec::new();
     for &clients in &o.clients {
-        levels.push(measure_level(&qc, &etcd, clients, o.secs).await?);
+        levels.push(measure_level(&qc, &etcd, clients, o.secs, o.interval).await?);
     }
     etcd.stop();
     let acked: Vec<u64> = levels
@@ -368,14 +374,19 @@ impl LoadResult {
 }
 
 /// Runs `clients` closed-loop for `secs`: each client admits on node (i + k) mod 3 for its
-/// k-th attempt, back to back, until the deadline. The rate is admissions completed divided
-/// by the time from the start until the last client's last admission returned.
-async fn run_load<A: Admitter>(clients: Vec<A>, secs: u64) -> Result<LoadResult> {
+/// k-th attempt, back to back (or no sooner than `interval` after its previous start),
+/// until the deadline. The rate is admissions completed divided by the time from the start
+/// until the last client's last admission returned.
+async fn run_load<A: Admitter>(
+    clients: Vec<A>,
+    secs: u64,
+    interval: Duration,
+) -> Result<LoadResult> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let mut tasks = JoinSet::new();
     for (i, client) in clients.into_iter().enumerate() {
-        tasks.spawn(client_loop(client, i, deadline));
+        tasks.spawn(client_loop(client, i, deadline, interval));
     }
     let mut total = LoadResult::default();
     let mut last_admission = started;
@@ -399,10 +410,14 @@ async fn client_loop<A: Admitter>(
     mut client: A,
     index: usize,
     deadline: Instant,
+    interval: Duration,
 ) -> (LoadResult, Instant) {
     let mut result = LoadResult::default();
     let mut node = index % 3;
+    let mut next_start = Instant::now();
     while Instant::now() < deadline {
+        tokio::time::sleep_until(next_start.into()).await;
+        next_start = Instant::now() + interval;
         match tokio::time::timeout(REQUEST_TIMEOUT, client.admit(node)).await {
             Ok(Ok(Admit::Admitted(latency))) => result.latencies.push(latency),
             Ok(Ok(Admit::Refused(why))) => {
@@ -430,7 +445,13 @@ async fn client_loop<A: Admitter>(
 /// One concurrency level: quorumcast, then etcd right after (so both see the same
 /// background load on a shared machine), with the claim histogram's change over the
 /// quorumcast run.
-async fn measure_level(qc: &QcSet, etcd: &EtcdSet, clients: usize, secs: u64) -> Result<Level> {
+async fn measure_level(
+    qc: &QcSet,
+    etcd: &EtcdSet,
+    clients: usize,
+    secs: u64,
+    interval: Duration,
+) -> Result<Level> {
     progress(&format!("{clients} client(s): quorumcast, {secs} s"));
     let mut qc_clients = Vec::new();
     for _ in 0..clients {
@@ -440,7 +461,7 @@ async fn measure_level(qc: &QcSet, etcd: &EtcdSet, clients: usize, secs: u64) ->
     let applied_before = qc.applied_index().await?;
     let load_before = loadavg();
     let cpu = CpuMeter::start(qc.pids());
-    let mut quorumcast = run_load(qc_clients, secs).await?;
+    let mut quorumcast = run_load(qc_clients, secs, interval).await?;
     (quorumcast.server_cpu, quorumcast.client_cpu) = cpu.stop();
     let claims = qc.claim_histogram().await?.minus(&before);
     // Raft entries committed during the level (after its sessions ended), per admission.
@@ -452,7 +473,7 @@ async fn measure_level(qc: &QcSet, etcd: &EtcdSet, clients: usize, secs: u64) ->
         etcd_clients.push(EtcdClient::connect(&etcd.client_addrs()).await?);
     }
     let cpu = CpuMeter::start(etcd.pids());
-    let mut etcd_result = run_load(etcd_clients, secs).await?;
+    let mut etcd_result = run_load(etcd_clients, secs, interval).await?;
     (etcd_result.server_cpu, etcd_result.client_cpu) = cpu.stop();
     Ok(Level {
         clients,
@@ -1723,8 +1744,16 @@ fn print_setup(o: &Options, root: &Path, etcd_version: &str) -> Result<()> {
          per node/member and goes round-robin over the 3",
         o.client_threads
     );
+    let pace = if o.interval.is_zero() {
+        "back to back".to_string()
+    } else {
+        format!(
+            "one admission per client every {} ms at most",
+            o.interval.as_millis()
+        )
+    };
     println!(
-        "  load        {}s per level and system, levels {:?}, {} leader kills",
+        "  load        {}s per level and system, levels {:?}, {} leader kills, {pace}",
         o.secs, o.clients, o.kills
     );
     println!(
