@@ -8,7 +8,7 @@
 //! in the session registry and are overlaid on listings.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -30,9 +30,11 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1
 /// Current record format.
 const FORMAT: u32 = 1;
 
-/// Queue bound of the writer: a session has at most one write outstanding, so this only
-/// needs to be at least the session limit; writers wait (back-pressure) if it is full.
-pub const WRITE_QUEUE_BOUND: usize = 16 * 1024;
+/// Queue bound of the writer: a session has at most two records queued (its header,
+/// queued without waiting, and one awaited write), so this covers twice the default
+/// session limit (10 000) with room to spare; past it writers wait (back-pressure).
+/// Slots cost nothing until used.
+pub const WRITE_QUEUE_BOUND: usize = 32 * 1024;
 
 /// Records committed together at most, so that one round stays short and its waiters
 /// are answered soon; the rest of the queue goes in the next round.
@@ -171,14 +173,13 @@ struct WriteRequest {
 /// [`Index`] handle is gone (a reopen of the same path then succeeds).
 struct Writer {
     queue: Option<mpsc::Sender<WriteRequest>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
         self.queue.take();
-        let thread = self.thread.get_mut().map(Option::take);
-        if let Ok(Some(thread)) = thread {
+        if let Some(thread) = self.thread.take() {
             // A panic in the writer already failed its waiters; nothing more to report.
             let _ = thread.join();
         }
@@ -200,7 +201,7 @@ impl Index {
             .map_err(|e| StorageError::Index(format!("cannot start the index writer: {e}")))?;
         let writer = Writer {
             queue: Some(queue),
-            thread: Mutex::new(Some(thread)),
+            thread: Some(thread),
         };
         Ok(Index {
             db,
