@@ -104,15 +104,9 @@ impl Drop for Dev {
 
 /// A base port whose +1..+3 (TCP, ingest) and +11..+13 (UDP, QUIC) are free right now.
 fn free_base() -> Result<u16> {
-    for _ in 0..200 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = probe.local_addr()?.port().saturating_sub(1);
-        drop(probe);
-        if base > 1024 && base < 65500 && (1..=3).all(|n| ports_free(base + n, base + 10 + n)) {
-            return Ok(base);
-        }
-    }
-    bail!("no free base port found")
+    common::ports::free_base(13, |base| {
+        (1..=3).all(|n| ports_free(base + n, base + 10 + n))
+    })
 }
 
 fn ports_free(ingest: u16, cluster: u16) -> bool {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+pub mod ports;
 pub mod set;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_quorumcast");
@@ -37,7 +38,8 @@ impl Node {
     /// Starts a node in a fresh temp dir (kept under `root`).
     pub fn start(root: &Path, extra: &[&str]) -> Result<Node> {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Node::start_in(root.to_path_buf(), args, "127.0.0.1:0")
+        let listen = format!("127.0.0.1:{}", ports::free_port()?);
+        Node::start_in(root.to_path_buf(), args, &listen)
     }
 
     pub fn start_in(dir: PathBuf, args: Vec<String>, listen: &str) -> Result<Node> {

@@ -7,21 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub use super::ports::free_port;
 use super::*;
 
 /// Election timeouts the test sets use (ms); failover assertions derive from them.
 pub const ELECTION_MAX_MS: u64 = 1600;
-
-pub fn free_port() -> Result<u16> {
-    // A port free for both TCP (ingest) and UDP (cluster) at the time of asking.
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-}
 
 pub fn run(bin_args: &[&str]) -> Result<String> {
     let out = Command::new(BIN).args(bin_args).output()?;
