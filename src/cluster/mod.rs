@@ -8,6 +8,7 @@
 //! - [`certs`]: the cluster CA and node certificates (node id in the SAN `node-<id>.quorumcast`).
 //! - [`tls`]: mutual-TLS rustls/quinn configs and QUIC transport parameters.
 //! - [`transport`]: the QUIC endpoint: authenticated peers, framed RPCs, replication streams.
+//! - [`udp`]: the cluster port's socket: buffer sizes, datagrams per send.
 //! - [`network`]: openraft's RPCs over the transport; who answered when.
 //! - [`member`]: this node's Raft instance: start-up, proposals, membership, status.
 //! - [`admission`]: session admission through Raft claims, with fast local refusals.
@@ -23,6 +24,7 @@ pub mod store;
 pub mod tls;
 pub mod transport;
 pub mod types;
+pub mod udp;
 
 /// Errors of the cluster layer as the rest of the node sees them.
 #[derive(Debug, thiserror::Error)]

@@ -161,29 +161,28 @@ impl TlsConfig {
 
 /// Largest UDP payload this node accepts and probes for (MTU discovery). quinn's default,
 /// 1452, fits Ethernet; on loopback or a jumbo-frame network a replication stream then
-/// costs a datagram (a `sendmsg` share, a packet header, an AEAD call, an ACK entry) per
-/// 1.4 KB. MTU discovery only raises the size a path proves it carries, so a 1500-byte
+/// costs a datagram (a packet header, an AEAD call, an ACK entry, a loss-detection entry)
+/// per 1.4 KB. MTU discovery only raises the size a path proves it carries, so a 1500-byte
 /// network still ends at 1452.
 ///
-/// Why not more: quinn sends up to 10 datagrams per `sendmsg` (UDP GSO), and the kernel
-/// refuses (`EMSGSIZE`) a GSO send over 65507 bytes, which quinn drops without a word as
-/// if it were an MTU probe. With 16 KiB datagrams every such send was lost, black-hole
-/// detection put the path back to 1200 bytes, and with a 16 KiB floor no handshake ever
-/// completed. quinn also sizes its receive buffers by this (× 64 GRO segments × 32 per
-/// batch: 13 MiB at 6500, mostly never touched).
-pub const MAX_UDP_PAYLOAD: u16 = 6500;
+/// Two such datagrams fill one GSO send ([`super::udp::MAX_GSO_SEND`]); the cluster socket
+/// tells quinn to put no more in one send ([`super::udp`]), since the kernel refuses larger
+/// sends and quinn drops them without a word, as if they were lost MTU probes.
+pub const MAX_UDP_PAYLOAD: u16 = 32_753;
 
-/// quinn's most datagrams per GSO send (`MAX_TRANSMIT_SEGMENTS`, not exported).
-const GSO_SEGMENTS: usize = 10;
-/// Largest UDP payload of one send, GSO included (65535 minus the IPv4 and UDP headers).
-const MAX_GSO_SEND: usize = 65_507;
-const _: () = assert!(MAX_UDP_PAYLOAD as usize * GSO_SEGMENTS <= MAX_GSO_SEND);
+/// How soon MTU discovery probes again after quinn judged the path a black hole for large
+/// datagrams. Its detector counts any run of lost large packets, and a replica that falls
+/// behind under load drops datagrams from its full socket buffer: quinn's default (a
+/// minute) then left a loopback replication stream at 1200-byte datagrams, 27 times the
+/// packets, for the rest of a bulk run. Probing again sooner costs a few probe packets on a
+/// path that really is a black hole.
+pub const BLACK_HOLE_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// The endpoint's own settings: the payload size it accepts.
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
-    // 6500 bytes is within QUIC's bounds (1200..=65527), so this can't fail; keep the
-    // default if it ever does.
+    // MAX_UDP_PAYLOAD is within QUIC's bounds (1200..=65527), so this can't fail; keep
+    // the default if it ever does.
     if let Err(e) = config.max_udp_payload_size(MAX_UDP_PAYLOAD) {
         tracing::warn!(error = ?e, "cluster port: keeping quinn's default UDP payload size");
     }
@@ -195,6 +194,7 @@ pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
+    mtu.black_hole_cooldown(BLACK_HOLE_COOLDOWN);
     t.mtu_discovery_config(Some(mtu));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     // 5 s is far below quinn's IdleTimeout maximum (2^62 ms), so the conversion can't fail;

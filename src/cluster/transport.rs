@@ -222,38 +222,20 @@ enum Reply<T> {
     Refused(String),
 }
 
-/// Socket buffers asked for on the cluster port; the kernel caps them at
-/// `net.core.rmem_max` / `wmem_max`. Replication sends bursts of GSO datagrams, and the
-/// default receive buffer (208 KiB) overflows under them: every drop is a QUIC loss, a
-/// congestion event and a retransmission.
-const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
-
-/// Binds the cluster port's UDP socket with [`UDP_BUFFER_BYTES`] and a quinn endpoint on
-/// it that accepts datagrams up to [`super::tls::MAX_UDP_PAYLOAD`].
+/// Binds the cluster port ([`super::udp::bind`]) and a quinn endpoint on it that accepts
+/// datagrams up to [`super::tls::MAX_UDP_PAYLOAD`].
 fn bind_endpoint(
     listen: SocketAddr,
     server: quinn::ServerConfig,
 ) -> std::io::Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(listen),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    // Best effort: a smaller buffer than asked only costs throughput.
-    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
-        tracing::debug!(error = %e, "cluster port: receive buffer size not set");
-    }
-    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
-        tracing::debug!(error = %e, "cluster port: send buffer size not set");
-    }
-    socket.bind(&listen.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for the cluster port"))?;
-    quinn::Endpoint::new(
+    let datagram = usize::from(super::tls::MAX_UDP_PAYLOAD);
+    let socket = super::udp::bind(listen, datagram, runtime.as_ref())?;
+    quinn::Endpoint::new_with_abstract_socket(
         super::tls::endpoint_config(),
         Some(server),
-        std::net::UdpSocket::from(socket),
+        socket,
         runtime,
     )
 }
