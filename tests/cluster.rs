@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -205,45 +204,6 @@ fn a_node_with_another_cas_certificate_is_refused() -> Result<()> {
     assert_eq!(set.upload(0)?.0, 200);
     drop(node);
     Ok(())
-}
-
-/// Drops UDP to and from one port on loopback while alive: a node cut from its peers while
-/// its clients (TCP) still reach it.
-struct Partition {
-    rules: Vec<Vec<String>>,
-}
-
-impl Partition {
-    fn isolate(cluster_addr: &str) -> Result<Partition> {
-        let port = cluster_addr.rsplit(':').next().context("port")?.to_string();
-        let rules: Vec<Vec<String>> = ["--dport", "--sport"]
-            .iter()
-            .map(|dir| {
-                ["INPUT", "-p", "udp", "-i", "lo", dir, &port, "-j", "DROP"]
-                    .map(String::from)
-                    .to_vec()
-            })
-            .collect();
-        for rule in &rules {
-            let status = Command::new("iptables")
-                .arg("-I")
-                .args(rule)
-                .status()
-                .context("iptables is needed (run as root)")?;
-            if !status.success() {
-                bail!("iptables -I {rule:?} failed (root and iptables are needed)");
-            }
-        }
-        Ok(Partition { rules })
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        for rule in &self.rules {
-            let _ = Command::new("iptables").arg("-D").args(rule).status();
-        }
-    }
 }
 
 #[test]

@@ -354,9 +354,15 @@ fn a_replica_away_when_its_session_ended_completes_its_copy_when_it_returns() ->
     assert_repaired_copy(node, id, &recording, 20)
 }
 
-/// A replica cut off (frozen, not restarted) while its session ends, for longer than the
-/// owner offers it the seal, is left with an open copy nobody will end. Once it is back in
-/// touch it completes that copy from a peer, without a restart.
+/// A replica cut off (not restarted) while its session ends, for longer than the owner
+/// offers it the seal, is left with an open copy nobody will end. Once it is back in touch
+/// it completes that copy from a peer, without a restart.
+///
+/// Cut off, not frozen: the kernel keeps queueing a frozen (SIGSTOP) node's datagrams. A CI
+/// run with 32 KiB datagrams saw the thawed node complete its copy without the repair, most
+/// likely by sealing it from that backlog (the rest of the stream and its seal fit in a few
+/// datagrams): a legitimate path, but not the one this test is about. A dropped port leaves
+/// nothing queued.
 #[test]
 fn a_replica_cut_off_when_its_session_ended_completes_its_open_copy_without_a_restart() -> Result<()>
 {
@@ -366,13 +372,9 @@ fn a_replica_cut_off_when_its_session_ended_completes_its_open_copy_without_a_re
     let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
     upload.send(HEADER.as_bytes())?;
     upload.wait_ack(recording.len() as u64)?;
-    // The replica has its copy open (the header is durable on all three) when it freezes.
+    // The replica has its copy open (the header is durable on all three) when it is cut off.
     local_copy(&set, 2, id, "live")?;
-    set.members[2]
-        .node
-        .as_ref()
-        .context("replica")?
-        .signal(libc::SIGSTOP);
+    let partition = Partition::isolate(&set.members[2].cluster)?;
     for i in 0..200 {
         upload.send(line(i).as_bytes())?;
         recording.extend_from_slice(line(i).as_bytes());
@@ -381,27 +383,28 @@ fn a_replica_cut_off_when_its_session_ended_completes_its_open_copy_without_a_re
     upload.finish()?;
     local_copy(&set, 1, id, "complete")?;
     std::thread::sleep(Duration::from_secs(17));
+    drop(partition);
     let replica = set.members[2].node.as_ref().context("replica")?;
-    replica.signal(libc::SIGCONT);
     assert_repaired_copy(replica, id, &recording, 60)
 }
 
-/// A replica frozen before its session's first byte reached it, and kept away past the
+/// A replica cut off before its session's first byte reached it, and kept away past the
 /// seal offers, never had a copy at all; back in touch (no restart) it builds the whole
 /// copy from a peer.
 #[test]
 fn a_replica_that_never_heard_of_its_session_gets_the_whole_copy_once_back() -> Result<()> {
     let set = Set::start(3, "")?;
     let leader = set.wait_leader(&[])?;
-    // Freeze a follower that is not the node the session goes to, so that the set keeps
-    // its leader and the claim still counts the frozen node as up (it was heard from
-    // within the election timeout) and gives it a copy.
+    // Cut off a follower that is not the node the session goes to, so that the set keeps
+    // its leader and the claim still counts the cut-off node as up (it was heard from
+    // within the election timeout) and gives it a copy. Cut off rather than frozen, so
+    // that nothing sent meanwhile waits in its socket buffer (see the test above).
     let away = [1usize, 2]
         .into_iter()
         .find(|i| *i != leader)
         .context("a follower")?;
     let replica = set.members[away].node.as_ref().context("replica")?;
-    replica.signal(libc::SIGSTOP);
+    let partition = Partition::isolate(&set.members[away].cluster)?;
     let id = "never-heard";
     let mut recording = HEADER.as_bytes().to_vec();
     let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
@@ -416,10 +419,10 @@ fn a_replica_that_never_heard_of_its_session_gets_the_whole_copy_once_back() -> 
     let replicas = entry["replicas"].as_array().context("replicas")?;
     assert!(
         replicas.iter().any(|r| *r == set.members[away].id),
-        "the claim left the frozen node out, so this test can't check its copy: {entry}"
+        "the claim left the cut-off node out, so this test can't check its copy: {entry}"
     );
     std::thread::sleep(Duration::from_secs(17));
-    replica.signal(libc::SIGCONT);
+    drop(partition);
     assert_repaired_copy(replica, id, &recording, 30)
 }
 

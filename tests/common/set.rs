@@ -313,3 +313,42 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
+
+/// Drops UDP to and from one port on loopback while alive: a node cut from its peers while
+/// its clients (TCP) still reach it.
+pub struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    pub fn isolate(cluster_addr: &str) -> Result<Partition> {
+        let port = cluster_addr.rsplit(':').next().context("port")?.to_string();
+        let rules: Vec<Vec<String>> = ["--dport", "--sport"]
+            .iter()
+            .map(|dir| {
+                ["INPUT", "-p", "udp", "-i", "lo", dir, &port, "-j", "DROP"]
+                    .map(String::from)
+                    .to_vec()
+            })
+            .collect();
+        for rule in &rules {
+            let status = Command::new("iptables")
+                .arg("-I")
+                .args(rule)
+                .status()
+                .context("iptables is needed (run as root)")?;
+            if !status.success() {
+                bail!("iptables -I {rule:?} failed (root and iptables are needed)");
+            }
+        }
+        Ok(Partition { rules })
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables").arg("-D").args(rule).status();
+        }
+    }
+}
