@@ -71,7 +71,8 @@ pub const QUIC_CONGESTION_EVENTS: &str = "quorumcast_quic_congestion_events_tota
 pub const QUIC_BLACK_HOLES: &str = "quorumcast_quic_black_holes_total";
 /// Histogram: time for a takeover (Raft epoch, fencing, reconcile), seconds.
 pub const TAKEOVER_SECONDS: &str = "quorumcast_takeover_seconds";
-/// Gauge: bytes a session's slowest replica trails the owner's durable offset, by `replica`.
+/// Histogram: at each durable offset a replica reports to a session's owner, how many bytes
+/// the owner had written past it, by `replica`: how far replication trails the owner.
 pub const REPLICA_LAG_BYTES: &str = "quorumcast_replica_lag_bytes";
 
 /// fsync latencies on SSDs are 0.1–10 ms, on busy or network disks up to seconds.
@@ -83,6 +84,18 @@ const CLAIM_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+/// Replica lag: caught up (0), within a batch (up to 1 MiB), or megabytes behind (a replica
+/// catching up, or replication slower than ingest).
+const LAG_BUCKETS: &[f64] = &[
+    0.0,
+    4096.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+];
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot install the Prometheus recorder: {0}")]
@@ -104,6 +117,9 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         })
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(TAKEOVER_SECONDS.into()), CLAIM_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(REPLICA_LAG_BYTES.into()), LAG_BUCKETS)
         })
         .map_err(|e| MetricsError(e.to_string()))?
         .install_recorder()
@@ -169,6 +185,11 @@ fn describe() {
     describe_counter!(
         QUIC_BLACK_HOLES,
         "Black holes detected on the QUIC path to a peer (datagram size falls to 1200)"
+    );
+    describe_histogram!(
+        REPLICA_LAG_BYTES,
+        Unit::Bytes,
+        "Bytes the owner had written past each durable offset a replica reported"
     );
     describe_counter!(EVENTS, "Event bodies received, by result");
     describe_gauge!(RAFT_TERM, "Raft term of this node");

@@ -197,7 +197,7 @@ fn killing_the_owner_mid_session_loses_and_doubles_nothing() -> Result<()> {
 /// Replication on loopback runs at the datagram size MTU discovery finds (up to the
 /// node's 32 753 bytes), not at quinn's Ethernet default of 1452, nor at the 6500 bytes that
 /// ten-datagram GSO sends allowed before the cluster socket capped the datagrams per send
-/// (larger ones made every send fail), and the owner exports each replica's path.
+/// (larger ones made every send fail), and the owner exports each replica's path and lag.
 #[test]
 fn replication_discovers_large_datagrams_on_loopback_and_exports_the_path() -> Result<()> {
     let set = Set::start(3, "")?;
@@ -222,6 +222,21 @@ fn replication_discovers_large_datagrams_on_loopback_and_exports_the_path() -> R
         Ok((mtus.len() == 2 && mtus.iter().all(|m| *m > 6500.0)).then_some(mtus))
     })?;
     assert!(mtus.iter().all(|m| *m <= 32_753.0), "{mtus:?}");
+    // Every durable report a replica sent was measured against what the owner had written.
+    let metrics = String::from_utf8(
+        curl(&["-s", &format!("http://{}/metrics", set.members[0].ingest)])?.stdout,
+    )?;
+    for replica in [&set.members[1], &set.members[2]] {
+        let series = format!(
+            "quorumcast_replica_lag_bytes_count{{replica=\"{}\"}} ",
+            replica.id
+        );
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .with_context(|| format!("no {series} in\n{metrics}"))?;
+        assert!(count >= 1.0, "{series}{count}");
+    }
     Ok(())
 }
 

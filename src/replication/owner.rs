@@ -20,6 +20,7 @@ use super::wire::{
 };
 use crate::cluster::transport::{StreamKind, Transport};
 use crate::cluster::types::NodeId;
+use crate::metrics as m;
 use crate::storage::index::SessionState;
 use crate::storage::SyncHandle;
 
@@ -327,6 +328,9 @@ impl ReplicaTask {
     }
 
     fn publish(&self, offset: u64) {
+        let written = *self.written.borrow();
+        metrics::histogram!(m::REPLICA_LAG_BYTES, "replica" => self.target.id.to_string())
+            .record(written.saturating_sub(offset) as f64);
         self.shared.offsets.send_modify(|o| {
             let entry = o.entry(self.target.id).or_insert(0);
             *entry = (*entry).max(offset);
