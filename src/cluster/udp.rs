@@ -32,7 +32,8 @@ const MAX_GRO_RECEIVE: usize = 65_536;
 /// Socket buffers asked for on the cluster port. Replication sends bursts of GSO
 /// datagrams, and the default receive buffer (208 KiB) overflows under them: every drop is
 /// a QUIC loss, a congestion event and a retransmission, and a run of them makes quinn's
-/// black-hole detection take the path back to 1200-byte datagrams for a minute. The kernel
+/// black-hole detection take the path back to 1200-byte datagrams until it probes again
+/// ([`super::tls::BLACK_HOLE_COOLDOWN`]). The kernel
 /// caps what is asked at `net.core.rmem_max`/`wmem_max` unless the process may exceed it
 /// (`CAP_NET_ADMIN`, as root), which [`bind`] then does.
 pub const UDP_BUFFER_BYTES: usize = 32 * 1024 * 1024;
