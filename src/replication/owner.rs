@@ -81,11 +81,13 @@ impl OwnerStreams {
             stop,
         });
         for target in targets {
+            let lag = metrics::histogram!(m::REPLICA_LAG_BYTES, "replica" => target.id.to_string());
             let task = ReplicaTask {
                 shared: shared.clone(),
                 target,
                 written: written.clone(),
                 seal: streams.seal.subscribe(),
+                lag,
             };
             tracker.spawn(task.run());
         }
@@ -171,6 +173,8 @@ struct ReplicaTask {
     target: Target,
     written: watch::Receiver<u64>,
     seal: watch::Receiver<Option<(u64, SessionState)>>,
+    /// This replica's lag histogram, looked up once rather than at every durable report.
+    lag: metrics::Histogram,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,8 +333,7 @@ impl ReplicaTask {
 
     fn publish(&self, offset: u64) {
         let written = *self.written.borrow();
-        metrics::histogram!(m::REPLICA_LAG_BYTES, "replica" => self.target.id.to_string())
-            .record(written.saturating_sub(offset) as f64);
+        self.lag.record(written.saturating_sub(offset) as f64);
         self.shared.offsets.send_modify(|o| {
             let entry = o.entry(self.target.id).or_insert(0);
             *entry = (*entry).max(offset);
