@@ -457,13 +457,24 @@ async fn measure_level(
     for _ in 0..clients {
         qc_clients.push(QcClient::connect(&qc.ingest_addrs()).await?);
     }
-    let before = qc.claim_histogram().await?;
+    let before = qc.node_histograms().await?;
     let applied_before = qc.applied_index().await?;
     let load_before = loadavg();
     let cpu = CpuMeter::start(qc.pids());
     let mut quorumcast = run_load(qc_clients, secs, interval).await?;
     (quorumcast.server_cpu, quorumcast.client_cpu) = cpu.stop();
-    let claims = qc.claim_histogram().await?.minus(&before);
+    let steps: Vec<(&'static str, Histogram)> = qc
+        .node_histograms()
+        .await?
+        .into_iter()
+        .zip(before)
+        .map(|((name, after), (_, before))| (name, after.minus(&before)))
+        .collect();
+    let claims = steps
+        .iter()
+        .find(|(name, _)| *name == "claim (Raft)")
+        .map(|(_, h)| h.clone())
+        .unwrap_or_default();
     // Raft entries committed during the level (after its sessions ended), per admission.
     let raft_entries = qc.applied_index().await?.saturating_sub(applied_before);
 
@@ -479,6 +490,7 @@ async fn measure_level(
         clients,
         quorumcast,
         claims,
+        steps,
         raft_entries,
         etcd: etcd_result,
         loadavg: format!("{load_before} → {}", loadavg()),
@@ -489,6 +501,9 @@ struct Level {
     clients: usize,
     quorumcast: LoadResult,
     claims: Histogram,
+    /// The node-side histograms of [`NODE_SERIES`] over the quorumcast run, summed over
+    /// the nodes: where an admission's time goes.
+    steps: Vec<(&'static str, Histogram)>,
     /// Raft log entries applied during the quorumcast run (claims, session ends, disk reports).
     raft_entries: u64,
     etcd: LoadResult,
@@ -756,10 +771,24 @@ struct Histogram {
     buckets: Vec<(f64, f64)>,
 }
 
+/// The node-side histograms the bench reads: (label, metric, label selector). The claim
+/// first; then the steps of an admission in order (their sum is the time to the 200);
+/// then the Raft parts under the claim.
+const NODE_SERIES: &[(&str, &str, &str)] = &[
+    ("claim (Raft)", "quorumcast_claim_seconds", ""),
+    ("step: name check", "quorumcast_admission_step_seconds", "step=\"name_check\","),
+    ("step: claim", "quorumcast_admission_step_seconds", "step=\"claim\","),
+    ("step: create file", "quorumcast_admission_step_seconds", "step=\"create_file\","),
+    ("step: index", "quorumcast_admission_step_seconds", "step=\"index\","),
+    ("leader: Raft write", "quorumcast_raft_write_seconds", ""),
+    ("any node: log append", "quorumcast_raft_append_seconds", ""),
+];
+
 impl Histogram {
-    /// Reads `<name>_bucket{le="..."} N` lines.
-    fn parse(text: &str, name: &str) -> Histogram {
-        let prefix = format!("{name}_bucket{{le=\"");
+    /// Reads `<name>_bucket{<selector>le="..."} N` lines (`selector`: `label="value",`
+    /// pairs written before `le`, as the exporter orders them; empty for none).
+    fn parse(text: &str, name: &str, selector: &str) -> Histogram {
+        let prefix = format!("{name}_bucket{{{selector}le=\"");
         let mut buckets = Vec::new();
         for line in text.lines() {
             let Some(rest) = line.strip_prefix(&prefix) else {
@@ -1258,15 +1287,20 @@ impl QcSet {
         status["applied"].as_u64().context("no applied index")
     }
 
-    /// `quorumcast_claim_seconds` summed over every node.
-    async fn claim_histogram(&self) -> Result<Histogram> {
-        let mut total = Histogram::default();
+    /// Every series of [`NODE_SERIES`], each summed over the nodes.
+    async fn node_histograms(&self) -> Result<Vec<(&'static str, Histogram)>> {
+        let mut totals: Vec<(&'static str, Histogram)> = NODE_SERIES
+            .iter()
+            .map(|(label, _, _)| (*label, Histogram::default()))
+            .collect();
         for m in &self.members {
             let (status, text) = http_get(&m.ingest, "/metrics").await?;
             ensure!(status == 200, "GET /metrics on {}: {status}", m.ingest);
-            total = total.plus(&Histogram::parse(&text, "quorumcast_claim_seconds"));
+            for ((_, total), (_, name, selector)) in totals.iter_mut().zip(NODE_SERIES) {
+                *total = total.plus(&Histogram::parse(&text, name, selector));
+            }
         }
-        Ok(total)
+        Ok(totals)
     }
 
     /// WARN and ERROR lines in each node's log (all its runs), for the report.
@@ -1772,6 +1806,7 @@ fn print_report(
 ) {
     print_admission(o, levels);
     print_claims(levels);
+    print_steps(levels);
     copies.print();
     print_failover(kills);
     print_goals(o, levels, kills);
@@ -1867,6 +1902,36 @@ fn print_admission(o: &Options, levels: &[Level]) {
             println!(
                 "  {} clients, quorumcast session upload: first problem: {problem}",
                 l.clients
+            );
+        }
+    }
+}
+
+/// Where an admission's time goes, from the nodes' histograms (summed over the nodes).
+fn print_steps(levels: &[Level]) {
+    println!();
+    println!("  Where the time goes (node histograms, summed over the 3 nodes, change over the level;");
+    println!("  p50/p99 interpolated inside buckets). Steps run one after the other on the node the");
+    println!("  client talks to; the Raft write is timed on the leader, the log append on every node");
+    println!();
+    println!(
+        "  {:>7} | {:<22} | {:>8} | {:>10} | {:>10}",
+        "clients", "series", "count", "p50", "p99"
+    );
+    for l in levels {
+        for (label, h) in &l.steps {
+            let show = |q: f64| match h.quantile(q) {
+                Some(Ok(d)) => ms(Some(d)),
+                Some(Err(d)) => format!("> {}", ms(Some(d))),
+                None => "-".into(),
+            };
+            println!(
+                "  {:>7} | {:<22} | {:>8.0} | {:>10} | {:>10}",
+                l.clients,
+                label,
+                h.count(),
+                show(0.50),
+                show(0.99)
             );
         }
     }

@@ -252,8 +252,13 @@ impl Member {
         let mut command = command;
         for _ in 0..MAX_FORWARDS {
             let filled = self.fill_up(command.clone());
+            let started = std::time::Instant::now();
             match self.raft.client_write(filled).await {
-                Ok(written) => return Ok(written.data),
+                Ok(written) => {
+                    metrics::histogram!(m::RAFT_WRITE_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(written.data);
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node)
                     else {

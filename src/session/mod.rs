@@ -412,7 +412,7 @@ impl SessionManager {
         record.started_at = started;
         record.epoch = claim.epoch;
         record.replicas = claim.replicas;
-        self.storage.put_record(record.clone()).await?;
+        timed_step("index", self.storage.put_record(record.clone())).await?;
         Ok(self.start(
             record,
             recording,
@@ -438,7 +438,8 @@ impl SessionManager {
         for _ in 0..MAX_NAME_ATTEMPTS {
             let n = self.next_name_position(node_dir, &stem);
             let name = crate::storage::layout::candidate_name(&stem, tag, n);
-            if self.storage.recording_exists(node_dir, &name).await {
+            let taken_here = timed_step("name_check", self.storage.recording_exists(node_dir, &name)).await;
+            if taken_here {
                 continue;
             }
             let request = ClaimRequest {
@@ -447,12 +448,14 @@ impl SessionManager {
                 file_name: name.clone(),
                 started_at_ms: started.timestamp_millis(),
             };
-            let claim = match self.admission.claim(request).await {
+            let claim = match timed_step("claim", self.admission.claim(request)).await {
                 Ok(claim) => claim,
                 Err(Refusal::NameTaken(_)) => continue,
                 Err(refusal) => return Err(refusal),
             };
-            match self.storage.create_recording_named(node_dir, &name).await {
+            let created =
+                timed_step("create_file", self.storage.create_recording_named(node_dir, &name));
+            match created.await {
                 Ok(recording) => return Ok((claim, recording)),
                 // A standalone node raced itself for the name: the next one.
                 Err(StorageError::Exists(_)) if !self.admission.survives_node_loss() => continue,
@@ -634,6 +637,16 @@ impl SessionManager {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Awaits `step` of an admission and records how long it took
+/// ([`m::ADMISSION_STEP_SECONDS`]), whatever its outcome.
+async fn timed_step<T>(step: &'static str, work: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = work.await;
+    metrics::histogram!(m::ADMISSION_STEP_SECONDS, "step" => step)
+        .record(started.elapsed().as_secs_f64());
+    out
 }
 
 #[cfg(test)]
