@@ -402,17 +402,7 @@ impl SessionManager {
     ) -> Result<Session, Refusal> {
         let _arriving = Arriving::mark(&self.arriving, &id);
         let started = Utc::now();
-        let (claim, recording) = self.reserve_name(&id, node_dir, started).await?;
-        let mut record = SessionRecord::new_live(
-            id,
-            node_dir.to_string(),
-            recording.rel_path().to_string(),
-            protocol,
-        );
-        record.started_at = started;
-        record.epoch = claim.epoch;
-        record.replicas = claim.replicas;
-        timed_step("index", self.storage.put_record(record.clone())).await?;
+        let (record, recording) = self.reserve_name(&id, node_dir, protocol, started).await?;
         Ok(self.start(
             record,
             recording,
@@ -426,13 +416,15 @@ impl SessionManager {
     /// the recording at the same path, so the name is reserved through the claim (unique
     /// in the set) before the file exists; names this node's files already use are
     /// skipped, suffixed names carry this node's tag, and each admission here gets its
-    /// own candidate from [`names::NameCursor`].
+    /// own candidate from [`names::NameCursor`]. Then creates the file and indexes the
+    /// session as `live`, both before the client hears yes.
     async fn reserve_name(
         &self,
         id: &str,
         node_dir: &str,
+        protocol: &str,
         started: chrono::DateTime<Utc>,
-    ) -> Result<(Claim, crate::storage::RecordingFile), Refusal> {
+    ) -> Result<(SessionRecord, crate::storage::RecordingFile), Refusal> {
         let stem = crate::storage::layout::recording_stem(started);
         let tag = self.admission.name_tag();
         for _ in 0..MAX_NAME_ATTEMPTS {
@@ -453,24 +445,50 @@ impl SessionManager {
                 Err(Refusal::NameTaken(_)) => continue,
                 Err(refusal) => return Err(refusal),
             };
-            let created =
-                timed_step("create_file", self.storage.create_recording_named(node_dir, &name));
-            match created.await {
-                Ok(recording) => return Ok((claim, recording)),
-                // A standalone node raced itself for the name: the next one.
-                Err(StorageError::Exists(_)) if !self.admission.survives_node_loss() => continue,
-                Err(e) => {
-                    let admission = self.admission.clone();
-                    admission
-                        .ended(id.to_string(), claim.epoch, SessionState::Aborted, false)
-                        .await;
-                    return Err(e.into());
+            let mut record = SessionRecord::new_live(
+                id.to_string(),
+                node_dir.to_string(),
+                format!("{node_dir}/{name}"),
+                protocol,
+            );
+            record.started_at = started;
+            record.epoch = claim.epoch;
+            record.replicas = claim.replicas.clone();
+            // The file and the index record don't depend on each other, and each waits
+            // for an fsync: wait for both at once.
+            let (created, indexed) = tokio::join!(
+                timed_step("create_file", self.storage.create_recording_named(node_dir, &name)),
+                timed_step("index", self.storage.put_record(record.clone())),
+            );
+            let failure = match (created, indexed) {
+                (Ok(recording), Ok(())) => return Ok((record, recording)),
+                // A standalone node raced itself for the name: the next one (whose index
+                // record replaces this one: same session id).
+                (Err(StorageError::Exists(_)), _) if !self.admission.survives_node_loss() => {
+                    continue
                 }
-            }
+                (Err(e), _) | (Ok(_), Err(e)) => e,
+            };
+            self.abandon(record, claim.epoch).await;
+            return Err(failure.into());
         }
         Err(Refusal::Storage(StorageError::Exists(
             self.storage.dst().join(node_dir).join(stem),
         )))
+    }
+
+    /// A claimed session whose file or index record could not be made: the set and the
+    /// index (if it got the record) learn that it ended `aborted` before it began.
+    async fn abandon(&self, mut record: SessionRecord, epoch: u64) {
+        let admission = self.admission.clone();
+        admission
+            .ended(record.id.clone(), epoch, SessionState::Aborted, false)
+            .await;
+        record.state = SessionState::Aborted;
+        record.ended_at = Some(Utc::now());
+        if let Err(e) = self.storage.put_record(record).await {
+            tracing::warn!(error = %e, "could not mark an abandoned session aborted in the index");
+        }
     }
 
     fn next_name_position(&self, node_dir: &str, stem: &str) -> u32 {
@@ -669,6 +687,10 @@ mod tests {
     /// Admission whose claims and takeovers wait until the test lets them through.
     struct Gate {
         open: tokio::sync::Semaphore,
+        /// Every `ended` call: (session id, state).
+        ended: Mutex<Vec<(String, SessionState)>>,
+        /// What `survives_node_loss` says: part of a recorder set or not.
+        clustered: bool,
     }
 
     impl Admission for Gate {
@@ -698,12 +720,13 @@ mod tests {
             })
         }
 
-        fn ended(&self, _: String, _: u64, _: SessionState, _: bool) -> BoxFuture<'_, ()> {
+        fn ended(&self, id: String, _: u64, state: SessionState, _: bool) -> BoxFuture<'_, ()> {
+            self.ended.lock().expect("lock").push((id, state));
             Box::pin(async {})
         }
 
         fn survives_node_loss(&self) -> bool {
-            false
+            self.clustered
         }
 
         fn name_tag(&self) -> Option<u64> {
@@ -712,9 +735,15 @@ mod tests {
     }
 
     fn manager(dir: &std::path::Path) -> (Arc<SessionManager>, Arc<Gate>) {
+        manager_with(dir, false)
+    }
+
+    fn manager_with(dir: &std::path::Path, clustered: bool) -> (Arc<SessionManager>, Arc<Gate>) {
         let storage = Storage::open(&dir.join("dst"), &dir.join("state")).expect("storage");
         let gate = Arc::new(Gate {
             open: tokio::sync::Semaphore::new(0),
+            ended: Mutex::new(Vec::new()),
+            clustered,
         });
         let mgr = SessionManager::new(
             storage,
@@ -756,6 +785,30 @@ mod tests {
             .await;
         assert_eq!(outcome.record.id, "s1");
         assert!(!mgr.is_here("s1"));
+    }
+
+    #[tokio::test]
+    async fn a_claimed_session_whose_file_cannot_be_made_ends_aborted_in_the_set_and_the_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mgr, gate) = manager_with(dir.path(), true);
+        gate.open.add_permits(10);
+        // The SSH server's directory is a dangling symlink: the name looks free, but
+        // neither the directory nor the file can be created.
+        std::os::unix::fs::symlink("nowhere", dir.path().join("dst").join("n")).expect("symlink");
+        let refused = mgr.open("n", "v2", Some("s3".into())).await;
+        assert!(refused.is_err(), "no file, no yes");
+        assert_eq!(
+            gate.ended.lock().expect("lock").as_slice(),
+            &[("s3".to_string(), SessionState::Aborted)]
+        );
+        let records = mgr
+            .storage()
+            .list_records(SessionFilter::default())
+            .await
+            .expect("list");
+        let states: Vec<_> = records.iter().map(|r| (r.id.as_str(), r.state)).collect();
+        assert_eq!(states, vec![("s3", SessionState::Aborted)]);
+        assert!(!mgr.is_here("s3"));
     }
 
     #[tokio::test]
