@@ -516,10 +516,10 @@ impl RecentEntries {
         self.entries.back().map(|e| e.log_id.index + 1)
     }
 
-    /// Entries `[start, end)` (`end: None` = to the last) if all of them are here.
+    /// Entries `[start, end)` if all of them are here. Open-ended reads go to the
+    /// database, so that they never depend on this copy ending where the log ends.
     fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry<TypeConfig>>> {
-        let (first, next) = (self.first_index()?, self.next_index()?);
-        let end = end.unwrap_or(next);
+        let (first, next, end) = (self.first_index()?, self.next_index()?, end?);
         if start < first || end > next || start >= end {
             return None;
         }
