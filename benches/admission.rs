@@ -776,10 +776,26 @@ struct Histogram {
 /// then the Raft parts under the claim.
 const NODE_SERIES: &[(&str, &str, &str)] = &[
     ("claim (Raft)", "quorumcast_claim_seconds", ""),
-    ("step: name check", "quorumcast_admission_step_seconds", "step=\"name_check\","),
-    ("step: claim", "quorumcast_admission_step_seconds", "step=\"claim\","),
-    ("step: create file", "quorumcast_admission_step_seconds", "step=\"create_file\","),
-    ("step: index", "quorumcast_admission_step_seconds", "step=\"index\","),
+    (
+        "step: name check",
+        "quorumcast_admission_step_seconds",
+        "step=\"name_check\",",
+    ),
+    (
+        "step: claim",
+        "quorumcast_admission_step_seconds",
+        "step=\"claim\",",
+    ),
+    (
+        "step: create file",
+        "quorumcast_admission_step_seconds",
+        "step=\"create_file\",",
+    ),
+    (
+        "step: index",
+        "quorumcast_admission_step_seconds",
+        "step=\"index\",",
+    ),
     ("leader: Raft write", "quorumcast_raft_write_seconds", ""),
     ("any node: log append", "quorumcast_raft_append_seconds", ""),
 ];
@@ -1910,9 +1926,15 @@ fn print_admission(o: &Options, levels: &[Level]) {
 /// Where an admission's time goes, from the nodes' histograms (summed over the nodes).
 fn print_steps(levels: &[Level]) {
     println!();
-    println!("  Where the time goes (node histograms, summed over the 3 nodes, change over the level;");
-    println!("  p50/p99 interpolated inside buckets). Steps run one after the other on the node the");
-    println!("  client talks to; the Raft write is timed on the leader, the log append on every node");
+    println!(
+        "  Where the time goes (node histograms, summed over the 3 nodes, change over the level;"
+    );
+    println!(
+        "  p50/p99 interpolated inside buckets). Steps run one after the other on the node the"
+    );
+    println!(
+        "  client talks to; the Raft write is timed on the leader, the log append on every node"
+    );
     println!();
     println!(
         "  {:>7} | {:<22} | {:>8} | {:>10} | {:>10}",

@@ -95,8 +95,8 @@ const CLAIM_BUCKETS: &[f64] = &[
 /// The steps of an admission: tens of microseconds (a `stat`) to milliseconds (fsyncs, a
 /// Raft round), finer than [`CLAIM_BUCKETS`] where the goal (claim p99 < 5 ms) is judged.
 const STEP_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005,
-    0.0075, 0.01, 0.025, 0.1, 1.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
+    0.01, 0.025, 0.1, 1.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 /// Replica lag: caught up (0), within a batch (up to 1 MiB), or megabytes behind (a replica

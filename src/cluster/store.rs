@@ -783,8 +783,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             update_recent(&recent, |r| r.truncate(log_id.index));
             db.truncate(log_id.index)
         })
-            .await
-            .map_err(raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+        .await
+        .map_err(raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftError> {
@@ -796,8 +796,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             update_recent(&recent, |r| r.purge(log_id.index));
             db.purge(log_id, committed)
         })
-            .await
-            .map_err(raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+        .await
+        .map_err(raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 }
 

@@ -430,7 +430,8 @@ impl SessionManager {
         for _ in 0..MAX_NAME_ATTEMPTS {
             let n = self.next_name_position(node_dir, &stem);
             let name = crate::storage::layout::candidate_name(&stem, tag, n);
-            let taken_here = timed_step("name_check", self.storage.recording_exists(node_dir, &name)).await;
+            let taken_here =
+                timed_step("name_check", self.storage.recording_exists(node_dir, &name)).await;
             if taken_here {
                 continue;
             }
@@ -457,7 +458,10 @@ impl SessionManager {
             // The file and the index record don't depend on each other, and each waits
             // for an fsync: wait for both at once.
             let (created, indexed) = tokio::join!(
-                timed_step("create_file", self.storage.create_recording_named(node_dir, &name)),
+                timed_step(
+                    "create_file",
+                    self.storage.create_recording_named(node_dir, &name)
+                ),
                 timed_step("index", self.storage.put_record(record.clone())),
             );
             let failure = match (created, indexed) {

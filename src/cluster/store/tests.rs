@@ -512,6 +512,9 @@ async fn entries_older_than_the_copy_of_the_newest_come_from_the_database() {
     }
     let entries = log.try_get_log_entries(1..=total).await.expect("read");
     assert_eq!(indexes(&entries), (1..=total).collect::<Vec<_>>());
-    let newest = log.try_get_log_entries(total - 9..=total).await.expect("read");
+    let newest = log
+        .try_get_log_entries(total - 9..=total)
+        .await
+        .expect("read");
     assert_eq!(indexes(&newest), (total - 9..=total).collect::<Vec<_>>());
 }
