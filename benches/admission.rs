@@ -772,7 +772,7 @@ struct Histogram {
 }
 
 /// The node-side histograms the bench reads: (label, metric, label selector). The claim
-/// first; then the steps of an admission in order (their sum is the time to the 200);
+/// first; then the steps of an admission in order (the node's part of the time to the 200);
 /// then the Raft parts under the claim.
 const NODE_SERIES: &[(&str, &str, &str)] = &[
     ("claim (Raft)", "quorumcast_claim_seconds", ""),

@@ -495,9 +495,9 @@ pub struct LogReader {
 
 /// How many of the newest entries [`RecentEntries`] keeps. Replication and apply read
 /// entries moments after they were appended; a follower further behind than this reads
-/// from the database. An entry is one proposal batch (a few hundred bytes per command),
-/// so this holds a few MiB at most.
-const RECENT_ENTRIES: usize = 1024;
+/// from the database. An entry is one proposal batch of at most 256 commands of a few
+/// hundred bytes each, so this holds a few MiB at worst (usually a few hundred KiB).
+const RECENT_ENTRIES: usize = 256;
 
 /// A copy of the newest durable entries of the log, contiguous and ending at its last
 /// entry (or empty). Invariant: every entry here is also in the database, with the same
@@ -647,7 +647,8 @@ impl LogStore {
     }
 
     /// The committed id waiting to be written, encoded, and no longer waiting: the caller
-    /// writes it in its transaction. Stays waiting if it cannot be encoded.
+    /// writes it in its transaction (if that fails, the hint is lost, which is allowed).
+    /// Stays waiting if it cannot be encoded.
     fn take_committed(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(committed) = self.committed else {
             return Ok(None);

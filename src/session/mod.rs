@@ -446,48 +446,52 @@ impl SessionManager {
                 Err(Refusal::NameTaken(_)) => continue,
                 Err(refusal) => return Err(refusal),
             };
+            // The file first: only once it is ours may the index point at it. (Making
+            // both at once was measured: no faster, the two fsyncs slow each other.)
+            let created = timed_step(
+                "create_file",
+                self.storage.create_recording_named(node_dir, &name),
+            );
+            let recording = match created.await {
+                Ok(recording) => recording,
+                // A standalone node raced itself for the name: the next one.
+                Err(StorageError::Exists(_)) if !self.admission.survives_node_loss() => continue,
+                Err(e) => {
+                    self.abandon(id, claim.epoch, None).await;
+                    return Err(e.into());
+                }
+            };
             let mut record = SessionRecord::new_live(
                 id.to_string(),
                 node_dir.to_string(),
-                format!("{node_dir}/{name}"),
+                recording.rel_path().to_string(),
                 protocol,
             );
             record.started_at = started;
             record.epoch = claim.epoch;
             record.replicas = claim.replicas.clone();
-            // The file and the index record don't depend on each other, and each waits
-            // for an fsync: wait for both at once.
-            let (created, indexed) = tokio::join!(
-                timed_step(
-                    "create_file",
-                    self.storage.create_recording_named(node_dir, &name)
-                ),
-                timed_step("index", self.storage.put_record(record.clone())),
-            );
-            let failure = match (created, indexed) {
-                (Ok(recording), Ok(())) => return Ok((record, recording)),
-                // A standalone node raced itself for the name: the next one (whose index
-                // record replaces this one: same session id).
-                (Err(StorageError::Exists(_)), _) if !self.admission.survives_node_loss() => {
-                    continue
-                }
-                (Err(e), _) | (Ok(_), Err(e)) => e,
-            };
-            self.abandon(record, claim.epoch).await;
-            return Err(failure.into());
+            if let Err(e) = timed_step("index", self.storage.put_record(record.clone())).await {
+                self.abandon(id, claim.epoch, Some(record)).await;
+                return Err(e.into());
+            }
+            return Ok((record, recording));
         }
         Err(Refusal::Storage(StorageError::Exists(
             self.storage.dst().join(node_dir).join(stem),
         )))
     }
 
-    /// A claimed session whose file or index record could not be made: the set and the
-    /// index (if it got the record) learn that it ended `aborted` before it began.
-    async fn abandon(&self, mut record: SessionRecord, epoch: u64) {
+    /// A claimed session whose file or index record could not be made: the set learns
+    /// that it ended `aborted` before it began, and so does the index if `record` (its
+    /// file exists) is given, as far as the index can still be written.
+    async fn abandon(&self, id: &str, epoch: u64, record: Option<SessionRecord>) {
         let admission = self.admission.clone();
         admission
-            .ended(record.id.clone(), epoch, SessionState::Aborted, false)
+            .ended(id.to_string(), epoch, SessionState::Aborted, false)
             .await;
+        let Some(mut record) = record else {
+            return;
+        };
         record.state = SessionState::Aborted;
         record.ended_at = Some(Utc::now());
         if let Err(e) = self.storage.put_record(record).await {
@@ -792,7 +796,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_claimed_session_whose_file_cannot_be_made_ends_aborted_in_the_set_and_the_index() {
+    async fn a_claimed_session_whose_file_cannot_be_made_ends_aborted_and_is_not_indexed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mgr, gate) = manager_with(dir.path(), true);
         gate.open.add_permits(10);
@@ -810,8 +814,10 @@ mod tests {
             .list_records(SessionFilter::default())
             .await
             .expect("list");
-        let states: Vec<_> = records.iter().map(|r| (r.id.as_str(), r.state)).collect();
-        assert_eq!(states, vec![("s3", SessionState::Aborted)]);
+        assert!(
+            records.is_empty(),
+            "no file, so no index record pointing at one: {records:?}"
+        );
         assert!(!mgr.is_here("s3"));
     }
 
