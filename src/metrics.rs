@@ -45,8 +45,7 @@ pub const RAFT_MEMBERS: &str = "quorumcast_raft_members";
 pub const CLAIM_SECONDS: &str = "quorumcast_claim_seconds";
 /// Histogram: each step of admitting a new recording, by `step`: `name_check` (is the
 /// candidate name free here), `claim` (Raft), `create_file` (create + directory fsync),
-/// `index` (the durable `live` record), in that order: the node's part of the time to the
-/// client's yes.
+/// `index` (the durable `live` record). Their sum is the time to the client's yes.
 pub const ADMISSION_STEP_SECONDS: &str = "quorumcast_admission_step_seconds";
 /// Histogram: on the leader, from handing a proposal to Raft to its applied answer
 /// (log append, replication to a quorum, apply).

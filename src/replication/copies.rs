@@ -222,9 +222,7 @@ impl Copies {
         record.ended_at = None;
         record.epoch = record.epoch.max(epoch);
         record.bytes = file.written();
-        // Not waited for: after a crash the repair pass rebuilds a copy's record (and its
-        // missing end) from the cluster table and the peers.
-        self.storage.queue_record(record.clone()).await?;
+        self.storage.put_record(record.clone()).await?;
         Ok(record)
     }
 
@@ -376,10 +374,7 @@ impl Copy {
         inner.record.bytes = inner.file.written();
         inner.record.ended_at = Some(Utc::now());
         inner.record.epoch = epoch;
-        // The bytes are durable (waited for above); the record is not waited for: a crash
-        // that loses it leaves the copy `live` or `aborted`, which the repair pass completes
-        // from the peers' finished recordings.
-        storage.queue_record(inner.record.clone()).await?;
+        storage.put_record(inner.record.clone()).await?;
         Ok(())
     }
 }

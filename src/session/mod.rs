@@ -402,7 +402,17 @@ impl SessionManager {
     ) -> Result<Session, Refusal> {
         let _arriving = Arriving::mark(&self.arriving, &id);
         let started = Utc::now();
-        let (record, recording) = self.reserve_name(&id, node_dir, protocol, started).await?;
+        let (claim, recording) = self.reserve_name(&id, node_dir, started).await?;
+        let mut record = SessionRecord::new_live(
+            id,
+            node_dir.to_string(),
+            recording.rel_path().to_string(),
+            protocol,
+        );
+        record.started_at = started;
+        record.epoch = claim.epoch;
+        record.replicas = claim.replicas;
+        timed_step("index", self.storage.put_record(record.clone())).await?;
         Ok(self.start(
             record,
             recording,
@@ -416,15 +426,13 @@ impl SessionManager {
     /// the recording at the same path, so the name is reserved through the claim (unique
     /// in the set) before the file exists; names this node's files already use are
     /// skipped, suffixed names carry this node's tag, and each admission here gets its
-    /// own candidate from [`names::NameCursor`]. Then creates the file and indexes the
-    /// session as `live`, both before the client hears yes.
+    /// own candidate from [`names::NameCursor`].
     async fn reserve_name(
         &self,
         id: &str,
         node_dir: &str,
-        protocol: &str,
         started: chrono::DateTime<Utc>,
-    ) -> Result<(SessionRecord, crate::storage::RecordingFile), Refusal> {
+    ) -> Result<(Claim, crate::storage::RecordingFile), Refusal> {
         let stem = crate::storage::layout::recording_stem(started);
         let tag = self.admission.name_tag();
         for _ in 0..MAX_NAME_ATTEMPTS {
@@ -446,57 +454,26 @@ impl SessionManager {
                 Err(Refusal::NameTaken(_)) => continue,
                 Err(refusal) => return Err(refusal),
             };
-            // The file first: only once it is ours may the index point at it. (Making
-            // both at once was measured: no faster, the two fsyncs slow each other.)
             let created = timed_step(
                 "create_file",
                 self.storage.create_recording_named(node_dir, &name),
             );
-            let recording = match created.await {
-                Ok(recording) => recording,
+            match created.await {
+                Ok(recording) => return Ok((claim, recording)),
                 // A standalone node raced itself for the name: the next one.
                 Err(StorageError::Exists(_)) if !self.admission.survives_node_loss() => continue,
                 Err(e) => {
-                    self.abandon(id, claim.epoch, None).await;
+                    let admission = self.admission.clone();
+                    admission
+                        .ended(id.to_string(), claim.epoch, SessionState::Aborted, false)
+                        .await;
                     return Err(e.into());
                 }
-            };
-            let mut record = SessionRecord::new_live(
-                id.to_string(),
-                node_dir.to_string(),
-                recording.rel_path().to_string(),
-                protocol,
-            );
-            record.started_at = started;
-            record.epoch = claim.epoch;
-            record.replicas = claim.replicas.clone();
-            if let Err(e) = timed_step("index", self.storage.put_record(record.clone())).await {
-                self.abandon(id, claim.epoch, Some(record)).await;
-                return Err(e.into());
             }
-            return Ok((record, recording));
         }
         Err(Refusal::Storage(StorageError::Exists(
             self.storage.dst().join(node_dir).join(stem),
         )))
-    }
-
-    /// A claimed session whose file or index record could not be made: the set learns
-    /// that it ended `aborted` before it began, and so does the index if `record` (its
-    /// file exists) is given, as far as the index can still be written.
-    async fn abandon(&self, id: &str, epoch: u64, record: Option<SessionRecord>) {
-        let admission = self.admission.clone();
-        admission
-            .ended(id.to_string(), epoch, SessionState::Aborted, false)
-            .await;
-        let Some(mut record) = record else {
-            return;
-        };
-        record.state = SessionState::Aborted;
-        record.ended_at = Some(Utc::now());
-        if let Err(e) = self.storage.put_record(record).await {
-            tracing::warn!(error = %e, "could not mark an abandoned session aborted in the index");
-        }
     }
 
     fn next_name_position(&self, node_dir: &str, stem: &str) -> u32 {
@@ -695,10 +672,6 @@ mod tests {
     /// Admission whose claims and takeovers wait until the test lets them through.
     struct Gate {
         open: tokio::sync::Semaphore,
-        /// Every `ended` call: (session id, state).
-        ended: Mutex<Vec<(String, SessionState)>>,
-        /// What `survives_node_loss` says: part of a recorder set or not.
-        clustered: bool,
     }
 
     impl Admission for Gate {
@@ -728,13 +701,12 @@ mod tests {
             })
         }
 
-        fn ended(&self, id: String, _: u64, state: SessionState, _: bool) -> BoxFuture<'_, ()> {
-            self.ended.lock().expect("lock").push((id, state));
+        fn ended(&self, _: String, _: u64, _: SessionState, _: bool) -> BoxFuture<'_, ()> {
             Box::pin(async {})
         }
 
         fn survives_node_loss(&self) -> bool {
-            self.clustered
+            false
         }
 
         fn name_tag(&self) -> Option<u64> {
@@ -743,15 +715,9 @@ mod tests {
     }
 
     fn manager(dir: &std::path::Path) -> (Arc<SessionManager>, Arc<Gate>) {
-        manager_with(dir, false)
-    }
-
-    fn manager_with(dir: &std::path::Path, clustered: bool) -> (Arc<SessionManager>, Arc<Gate>) {
         let storage = Storage::open(&dir.join("dst"), &dir.join("state")).expect("storage");
         let gate = Arc::new(Gate {
             open: tokio::sync::Semaphore::new(0),
-            ended: Mutex::new(Vec::new()),
-            clustered,
         });
         let mgr = SessionManager::new(
             storage,
@@ -793,32 +759,6 @@ mod tests {
             .await;
         assert_eq!(outcome.record.id, "s1");
         assert!(!mgr.is_here("s1"));
-    }
-
-    #[tokio::test]
-    async fn a_claimed_session_whose_file_cannot_be_made_ends_aborted_and_is_not_indexed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mgr, gate) = manager_with(dir.path(), true);
-        gate.open.add_permits(10);
-        // The SSH server's directory is a dangling symlink: the name looks free, but
-        // neither the directory nor the file can be created.
-        std::os::unix::fs::symlink("nowhere", dir.path().join("dst").join("n")).expect("symlink");
-        let refused = mgr.open("n", "v2", Some("s3".into())).await;
-        assert!(refused.is_err(), "no file, no yes");
-        assert_eq!(
-            gate.ended.lock().expect("lock").as_slice(),
-            &[("s3".to_string(), SessionState::Aborted)]
-        );
-        let records = mgr
-            .storage()
-            .list_records(SessionFilter::default())
-            .await
-            .expect("list");
-        assert!(
-            records.is_empty(),
-            "no file, so no index record pointing at one: {records:?}"
-        );
-        assert!(!mgr.is_here("s3"));
     }
 
     #[tokio::test]
