@@ -45,7 +45,8 @@ pub const RAFT_MEMBERS: &str = "quorumcast_raft_members";
 pub const CLAIM_SECONDS: &str = "quorumcast_claim_seconds";
 /// Histogram: each step of admitting a new recording, by `step`: `name_check` (is the
 /// candidate name free here), `claim` (Raft), `create_file` (create + directory fsync),
-/// `index` (the durable `live` record). Their sum is the time to the client's yes.
+/// `index` (the durable `live` record), in that order: the node's part of the time to
+/// the client's yes.
 pub const ADMISSION_STEP_SECONDS: &str = "quorumcast_admission_step_seconds";
 /// Histogram: on the leader, from handing a proposal to Raft to its applied answer
 /// (log append, replication to a quorum, apply).
@@ -114,40 +115,33 @@ const LAG_BUCKETS: &[f64] = &[
     1_073_741_824.0,
 ];
 
+/// Every histogram and its buckets (one left out would be rendered as a summary).
+const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    (FSYNC_SECONDS, FSYNC_BUCKETS),
+    (COMMIT_BATCH_FILES, BATCH_BUCKETS),
+    (CLAIM_SECONDS, CLAIM_BUCKETS),
+    (INDEX_COMMIT_SECONDS, FSYNC_BUCKETS),
+    (INDEX_BATCH_RECORDS, BATCH_BUCKETS),
+    (TAKEOVER_SECONDS, CLAIM_BUCKETS),
+    (REPLICA_LAG_BYTES, LAG_BUCKETS),
+    (ADMISSION_STEP_SECONDS, STEP_BUCKETS),
+    (RAFT_WRITE_SECONDS, STEP_BUCKETS),
+    (RAFT_APPEND_SECONDS, STEP_BUCKETS),
+];
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot install the Prometheus recorder: {0}")]
 pub struct MetricsError(String);
 
 /// Installs the process-wide recorder and returns the handle that renders `/metrics`.
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(FSYNC_SECONDS.into()), FSYNC_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_FILES.into()), BATCH_BUCKETS)
-        })
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLAIM_SECONDS.into()), CLAIM_BUCKETS))
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(INDEX_COMMIT_SECONDS.into()), FSYNC_BUCKETS)
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(INDEX_BATCH_RECORDS.into()), BATCH_BUCKETS)
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(TAKEOVER_SECONDS.into()), CLAIM_BUCKETS)
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(REPLICA_LAG_BYTES.into()), LAG_BUCKETS)
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(ADMISSION_STEP_SECONDS.into()), STEP_BUCKETS)
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(RAFT_WRITE_SECONDS.into()), STEP_BUCKETS)
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(RAFT_APPEND_SECONDS.into()), STEP_BUCKETS)
-        })
-        .map_err(|e| MetricsError(e.to_string()))?
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in HISTOGRAM_BUCKETS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+            .map_err(|e| MetricsError(e.to_string()))?;
+    }
+    let handle = builder
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
     describe();
