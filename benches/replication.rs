@@ -68,6 +68,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 /// Connect + response headers of one resume attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The node's default `election_min_ms` (the nodes run with default settings).
+const DEFAULT_ELECTION_MIN_MS: u64 = 400;
 /// Every /healthz 200 and one agreed leader, after a start or a restart.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The final ack of a recording and the end of its response.
@@ -701,6 +703,8 @@ struct FailoverResult {
     rounds: Vec<Round>,
     /// Rounds that failed outright (no failover within the limit, a broken final stream).
     errors: Vec<String>,
+    /// See [`RecorderSet::health_ahead_of_leader`], over the rounds.
+    health_ahead_of_leader: Vec<Duration>,
 }
 
 /// One kill.
@@ -738,9 +742,11 @@ struct Round {
 
 /// `kills` rounds; each kills the node that owns that round's session (see [`pick_target`]).
 async fn failovers(set: &mut RecorderSet, corpus: &Corpus, o: &Options) -> Result<FailoverResult> {
+    let ahead_before = set.health_ahead_of_leader.borrow().len();
     let mut result = FailoverResult {
         rounds: Vec::new(),
         errors: Vec::new(),
+        health_ahead_of_leader: Vec::new(),
     };
     for round in 0..o.kills {
         match failover_round(set, corpus, round, o.seed).await {
@@ -757,6 +763,7 @@ async fn failovers(set: &mut RecorderSet, corpus: &Corpus, o: &Options) -> Resul
             }
         }
     }
+    result.health_ahead_of_leader = set.health_ahead_of_leader.borrow()[ahead_before..].to_vec();
     Ok(result)
 }
 
@@ -1738,6 +1745,10 @@ struct RecorderSet {
     bin: PathBuf,
     members: Vec<Member>,
     log_filter: String,
+    /// Waits for health in which every /healthz was already 200 (one agreed leader) while
+    /// the leader did not yet count every member up, and for how long: how often, and how
+    /// far, the nodes' own health ran ahead of the leader's view.
+    health_ahead_of_leader: std::cell::RefCell<Vec<Duration>>,
 }
 
 impl RecorderSet {
@@ -1779,6 +1790,7 @@ impl RecorderSet {
             bin,
             members,
             log_filter: log_filter.to_string(),
+            health_ahead_of_leader: std::cell::RefCell::new(Vec::new()),
         };
         for i in 0..NODES {
             set.start(i)?;
@@ -1829,6 +1841,7 @@ impl RecorderSet {
     /// the leader's index.
     async fn wait_healthy(&self) -> Result<usize> {
         let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        let mut ahead_since: Option<Instant> = None;
         loop {
             let mut leaders = Vec::new();
             for m in &self.members {
@@ -1837,11 +1850,22 @@ impl RecorderSet {
             let first = leaders[0];
             if first.is_some() && leaders.iter().all(|l| *l == first) {
                 let leader = first.context("no leader")?;
-                return self
+                let index = self
                     .members
                     .iter()
                     .position(|m| m.id == leader)
-                    .context("the leader is not a member");
+                    .context("the leader is not a member")?;
+                // A node's own /healthz can't tell whether the leader has heard from it
+                // yet; until it has, new sessions get a replica set without it.
+                if all_up_for_leader(self.ingest(index)).await {
+                    if let Some(since) = ahead_since {
+                        self.health_ahead_of_leader
+                            .borrow_mut()
+                            .push(since.elapsed());
+                    }
+                    return Ok(index);
+                }
+                ahead_since.get_or_insert_with(Instant::now);
             }
             ensure!(
                 Instant::now() < deadline,
@@ -1893,6 +1917,34 @@ impl RecorderSet {
             .into_iter()
             .map(|pid| status_kib(pid, "VmRSS"))
             .collect()
+    }
+}
+
+/// Whether the leader's cluster status counts every member as up for new replica sets.
+async fn all_up_for_leader(leader: &str) -> bool {
+    let Ok((200, body)) = http_get(leader, "/api/v1/cluster/status").await else {
+        return false;
+    };
+    let Ok(status) = serde_json::from_str::<Value>(&body) else {
+        return false;
+    };
+    let leader = status["node_id"].clone();
+    let members = status["members"].as_array().cloned().unwrap_or_default();
+    !members.is_empty() && members.iter().all(|m| member_up(m, &leader))
+}
+
+/// A member's `up` in the leader's status. Builds before `up` existed (A/B runs with
+/// `--node-bin`) get the rule it reports: the leader itself, or a last contact within the
+/// default minimum election timeout.
+fn member_up(member: &Value, leader: &Value) -> bool {
+    match member["up"].as_bool() {
+        Some(up) => up,
+        None => {
+            member["id"] == *leader
+                || member["last_contact_ms"]
+                    .as_u64()
+                    .is_some_and(|ms| ms <= DEFAULT_ELECTION_MIN_MS)
+        }
     }
 }
 
@@ -2486,7 +2538,7 @@ fn print_failover(result: &FailoverResult) -> Vec<Goal> {
    on {after} ms, ends the recording. Failover time: kill(2) -> first ack frame covering a
    byte sent after the kill. Then the sealed recording on the new owner is compared (sha256)
    with every byte the client sent, and the killed node is restarted until every /healthz is
-   200 with one agreed leader.
+   200 with one agreed leader and the leader counts every member up for new replica sets.
 ",
         kills = result.rounds.len() + result.errors.len(),
         every = FAILOVER_LINE_EVERY.as_millis(),
@@ -2498,6 +2550,12 @@ fn print_failover(result: &FailoverResult) -> Vec<Goal> {
     let times: Vec<Duration> = rounds.iter().map(|r| r.failover).collect();
     let (p50, p99, max) = percentiles(&times);
     print_failover_table(rounds);
+    let ahead = &result.health_ahead_of_leader;
+    println!(
+        "  waits for health in which every /healthz was 200 before the leader counted every member up: {}{}",
+        ahead.len(),
+        percentiles_if_any(ahead)
+    );
     let mismatches = rounds.iter().filter(|r| r.mismatch.is_some()).count();
     println!(
         "  sha256 of the sealed recording vs the client's bytes: {} equal, {mismatches} mismatch(es)",
@@ -2588,6 +2646,15 @@ fn print_failover_table(rounds: &[Round]) {
         );
     }
     print_round_facts(rounds);
+}
+
+/// ", for p50 X, max Y" of `times`, or nothing when there are none.
+fn percentiles_if_any(times: &[Duration]) -> String {
+    if times.is_empty() {
+        return String::new();
+    }
+    let (p50, _, max) = percentiles(times);
+    format!(", for p50 {}, max {}", ms(p50), ms(max))
 }
 
 fn print_round_facts(rounds: &[Round]) {

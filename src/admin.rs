@@ -155,19 +155,20 @@ fn print_status(status: &Value) {
         text(&status["applied"])
     );
     println!(
-        "{:>4}  {:<8} {:<22} {:<22} {:<9} {:>6} {:>12}",
-        "id", "role", "cluster", "ingest", "disk", "live", "contact_ms"
+        "{:>4}  {:<8} {:<22} {:<22} {:<9} {:>6} {:>12} {:>4}",
+        "id", "role", "cluster", "ingest", "disk", "live", "contact_ms", "up"
     );
     for m in status["members"].as_array().into_iter().flatten() {
         println!(
-            "{:>4}  {:<8} {:<22} {:<22} {:<9} {:>6} {:>12}",
+            "{:>4}  {:<8} {:<22} {:<22} {:<9} {:>6} {:>12} {:>4}",
             text(&m["id"]),
             text(&m["role"]),
             text(&m["cluster_addr"]),
             text(&m["ingest_addr"]),
             text(&m["disk"]["state"]),
             text(&m["live_sessions"]),
-            text(&m["last_contact_ms"])
+            text(&m["last_contact_ms"]),
+            text(&m["up"])
         );
     }
 }

@@ -62,10 +62,30 @@ fn killing_the_leader_elects_another_and_the_old_one_rejoins() -> Result<()> {
     let survivor = if survivor == leader { 2 } else { survivor };
     let (code, _) = set.upload(survivor)?;
     assert_eq!(code, 200, "the majority takes sessions after failover");
+    // The new leader never heard from the killed node: it is not up for new replica sets,
+    // so the session above got the two survivors.
+    let killed_id = set.members[leader].id;
+    assert_eq!(member_up(&set.status(new_leader)?, killed_id), Some(false));
+    let table = set.sealed_sessions(survivor, 1)?;
+    assert_eq!(table[0]["replicas"].as_array().map(Vec::len), Some(2));
     // Restart the old leader: it rejoins as a follower and catches up.
     set.members[leader].node = None;
     set.start_member(leader)?;
     set.wait_leader(&[])?;
+    // Its /healthz turned 200 only after it answered the leader, so the leader counts it
+    // up by now: the next session's replica set has all three.
+    let status = set.status(new_leader)?;
+    for m in &set.members {
+        assert_eq!(member_up(&status, m.id), Some(true), "{status}");
+    }
+    let (code, _) = set.upload(new_leader)?;
+    assert_eq!(code, 200);
+    let table = set.sealed_sessions(new_leader, 2)?;
+    let replica_counts: Vec<_> = table
+        .iter()
+        .map(|s| s["replicas"].as_array().map(Vec::len))
+        .collect();
+    assert!(replica_counts.contains(&Some(3)), "{table:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let rejoined = set.status(leader)?;
@@ -80,8 +100,17 @@ fn killing_the_leader_elects_another_and_the_old_one_rejoins() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(set.sealed_sessions(leader, 1)?.len(), 1);
+    assert_eq!(set.sealed_sessions(leader, 2)?.len(), 2);
     Ok(())
+}
+
+/// The `up` a leader's status gives member `id` (None: absent, or not the leader's status).
+fn member_up(status: &Value, id: u64) -> Option<bool> {
+    status["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id)?["up"]
+        .as_bool()
 }
 
 #[test]

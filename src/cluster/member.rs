@@ -110,6 +110,11 @@ pub struct MemberStatus {
     pub live_sessions: usize,
     /// Milliseconds since this node last heard from it (None: never, or it is this node).
     pub last_contact_ms: Option<u64>,
+    /// Answered by the leader only: whether a session claimed now would count this member
+    /// as up (see [`Member::up_nodes`]). Lets operators and tests tell that a restarted
+    /// node is back in new replica sets, which its own /healthz cannot know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub up: Option<bool>,
 }
 
 impl Member {
@@ -522,6 +527,7 @@ impl Member {
             }
             (s.nodes.clone(), live)
         });
+        let up = (metrics.current_leader == Some(self.id)).then(|| self.up_nodes());
         let members = membership
             .nodes()
             .map(|(id, info)| MemberStatus {
@@ -536,6 +542,7 @@ impl Member {
                 disk: reports.get(id).cloned(),
                 live_sessions: live.get(id).copied().unwrap_or(0),
                 last_contact_ms: self.last_contact(*id, metrics.current_leader),
+                up: up.as_ref().map(|up| up.contains(id)),
             })
             .collect();
         Status {
@@ -695,14 +702,24 @@ impl RpcHandler<ClusterRequest, ClusterResponse> for RpcServer {
         let member = &self.0;
         match request {
             ClusterRequest::AppendEntries(rpc) => {
-                // Only the current leader sends these; they are how a follower knows it has one.
-                member.leader_contact.record(from);
-                ClusterResponse::AppendEntries(member.raft.append_entries(rpc).await)
+                // Only the current leader sends these; they are how a follower knows it has
+                // one. The contact counts once this node has answered, not when the request
+                // arrived: /healthz turns 200 on it, and a restarted node whose first append
+                // is slow (a catch-up batch behind its start-up I/O) must not look ready
+                // before the leader has heard from it and would put it in a replica set.
+                let answer = member.raft.append_entries(rpc).await;
+                if answer.is_ok() {
+                    member.leader_contact.record(from);
+                }
+                ClusterResponse::AppendEntries(answer)
             }
             ClusterRequest::Vote(rpc) => ClusterResponse::Vote(member.raft.vote(rpc).await),
             ClusterRequest::InstallSnapshot(rpc) => {
-                member.leader_contact.record(from);
-                ClusterResponse::InstallSnapshot(member.raft.install_snapshot(rpc).await)
+                let answer = member.raft.install_snapshot(rpc).await;
+                if answer.is_ok() {
+                    member.leader_contact.record(from);
+                }
+                ClusterResponse::InstallSnapshot(answer)
             }
             ClusterRequest::Fence {
                 session,
