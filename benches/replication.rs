@@ -1865,7 +1865,13 @@ impl RecorderSet {
                     }
                     return Ok(index);
                 }
-                ahead_since.get_or_insert_with(Instant::now);
+                if ahead_since.is_none() {
+                    ahead_since = Some(Instant::now());
+                    progress(&format!(
+                        "every /healthz is 200 but the leader (node {leader}) does not count every member up yet: {}",
+                        members_seen_by(self.ingest(index)).await
+                    ));
+                }
             }
             ensure!(
                 Instant::now() < deadline,
@@ -1931,6 +1937,25 @@ async fn all_up_for_leader(leader: &str) -> bool {
     let leader = status["node_id"].clone();
     let members = status["members"].as_array().cloned().unwrap_or_default();
     !members.is_empty() && members.iter().all(|m| member_up(m, &leader))
+}
+
+/// Each member's id, `up` and last contact in a node's status, for the bench's log.
+async fn members_seen_by(node: &str) -> String {
+    let Ok((_, body)) = http_get(node, "/api/v1/cluster/status").await else {
+        return "(no status)".into();
+    };
+    let status: Value = serde_json::from_str(&body).unwrap_or_default();
+    let members = status["members"].as_array().cloned().unwrap_or_default();
+    members
+        .iter()
+        .map(|m| {
+            format!(
+                "node {} up {} contact {} ms",
+                m["id"], m["up"], m["last_contact_ms"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A member's `up` in the leader's status. Builds before `up` existed (A/B runs with

@@ -16,6 +16,13 @@
 //! committed (fsynced), so entries are readable on return and the flush callback is
 //! called only for durable entries.
 //!
+//! openraft 0.9 runs every log call inside its core task, one after the other, so each
+//! one is on the path of every proposal. Two of them therefore skip the database:
+//! - reads of the newest entries (replication to followers, apply) come from
+//!   [`RecentEntries`], a bounded copy of the log's durable tail;
+//! - the committed id, a hint, is kept in memory and written with the next append's
+//!   transaction instead of in one of its own.
+//!
 //! It does not own the rules ([`super::state`]) nor the Raft instance or network.
 //!
 //! # On-disk formats
@@ -220,6 +227,17 @@ fn get_meta<T: DeserializeOwned>(
         .transpose()
 }
 
+/// Writes the committed id openraft saved last (already encoded), if one is waiting.
+fn put_committed(
+    meta: &mut redb::Table<&'static str, &'static [u8]>,
+    committed: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    if let Some(committed) = committed {
+        meta.insert(KEY_COMMITTED, committed).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// The shared redb handle. Cheap to clone. Every method blocks: call through [`blocking`].
 #[derive(Clone)]
 struct Db(Arc<Database>);
@@ -272,23 +290,18 @@ impl Db {
         get_meta(&table, key)
     }
 
-    /// Stores `value` under `key`, or removes the key for `None`. A `lazy` write has no
-    /// fsync of its own: it reaches the disk with the next durable write (redb keeps commit
-    /// order), for hints whose loss in a crash costs a little catch-up, never correctness.
+    /// Stores `value` under `key`, or removes the key for `None`, durably, with a waiting
+    /// committed id (encoded) if any.
     fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
         value: Option<&T>,
-        lazy: bool,
+        committed: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
         let bytes = value.map(|v| encode(key, META_FORMAT, v)).transpose()?;
-        let durability = if lazy {
-            redb::Durability::None
-        } else {
-            redb::Durability::Immediate
-        };
-        self.write_with(durability, |txn| {
+        self.write(|txn| {
             let mut table = txn.open_table(META).map_err(db_err)?;
+            put_committed(&mut table, committed.as_deref())?;
             match &bytes {
                 Some(bytes) => table.insert(key, bytes.as_slice()).map_err(db_err)?,
                 None => table.remove(key).map_err(db_err)?,
@@ -330,12 +343,18 @@ impl Db {
         })
     }
 
-    /// Appends `(index, encoded entry)` pairs in one transaction. Refuses a hole after the
-    /// last present entry (or after the purge point of an empty log).
-    fn append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+    /// Appends `(index, encoded entry)` pairs in one transaction, together with the
+    /// committed id if one is waiting (`committed`: already encoded). Refuses a hole after
+    /// the last present entry (or after the purge point of an empty log).
+    fn append(
+        &self,
+        entries: Vec<(u64, Vec<u8>)>,
+        committed: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
         self.write(|txn| {
-            let meta = txn.open_table(META).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
             let last_purged: Option<LogId<NodeId>> = get_meta(&meta, KEY_PURGED)?;
+            put_committed(&mut meta, committed.as_deref())?;
             let mut table = txn.open_table(LOGS).map_err(db_err)?;
             let last = table.last().map_err(db_err)?.map(|(k, _)| k.value());
             let prev = last.or(last_purged.map(|l| l.index));
@@ -362,14 +381,16 @@ impl Db {
         })
     }
 
-    /// Removes entries up to and including `upto` and records it as purged, atomically.
-    fn purge(&self, upto: LogId<NodeId>) -> Result<(), StoreError> {
+    /// Removes entries up to and including `upto` and records it as purged, atomically,
+    /// with a waiting committed id (encoded) if any.
+    fn purge(&self, upto: LogId<NodeId>, committed: Option<Vec<u8>>) -> Result<(), StoreError> {
         let purged = encode(KEY_PURGED, META_FORMAT, &upto)?;
         self.write(|txn| {
             let mut logs = txn.open_table(LOGS).map_err(db_err)?;
             logs.retain_in(..=upto.index, |_, _| false)
                 .map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
+            put_committed(&mut meta, committed.as_deref())?;
             meta.insert(KEY_PURGED, purged.as_slice()).map_err(db_err)?;
             Ok(())
         })
@@ -440,7 +461,11 @@ fn open_now(statedir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         Some(snap) => Applied::from_snapshot(&snap.meta, &snap.data)?,
         None => Applied::default(),
     };
-    let log = LogStore { db: db.clone() };
+    let log = LogStore {
+        db: db.clone(),
+        recent: Arc::new(RwLock::new(RecentEntries::default())),
+        committed: None,
+    };
     let sm = StateMachineStore {
         db,
         applied: Arc::new(RwLock::new(applied)),
@@ -454,12 +479,101 @@ fn open_now(statedir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
 /// The Raft log, vote and committed id. Owned by openraft once handed to `Raft::new`.
 pub struct LogStore {
     db: Db,
+    /// The log's newest durable entries, shared with every [`LogReader`].
+    recent: Arc<RwLock<RecentEntries>>,
+    /// The committed id openraft last saved and the database doesn't have yet: it goes
+    /// into the next append's transaction (see the module docs).
+    committed: Option<LogId<NodeId>>,
 }
 
 /// Read-only view of the log, one per replication stream.
 #[derive(Clone)]
 pub struct LogReader {
     db: Db,
+    recent: Arc<RwLock<RecentEntries>>,
+}
+
+/// How many of the newest entries [`RecentEntries`] keeps. Replication and apply read
+/// entries moments after they were appended; a follower further behind than this reads
+/// from the database. An entry is one proposal batch of at most 256 commands of a few
+/// hundred bytes each, so this holds a few MiB at worst (usually a few hundred KiB).
+const RECENT_ENTRIES: usize = 256;
+
+/// A copy of the newest durable entries of the log, contiguous and ending at its last
+/// entry (or empty). Invariant: every entry here is also in the database, with the same
+/// log id; updated only after the database changed.
+#[derive(Default)]
+struct RecentEntries {
+    entries: std::collections::VecDeque<Entry<TypeConfig>>,
+}
+
+impl RecentEntries {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    fn next_index(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.log_id.index + 1)
+    }
+
+    /// Entries `[start, end)` if all of them are here. Open-ended reads go to the
+    /// database, so that they never depend on this copy ending where the log ends.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let (first, next, end) = (self.first_index()?, self.next_index()?, end?);
+        if start < first || end > next || start >= end {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = usize::try_from(end - start).ok()?;
+        Some(self.entries.iter().skip(skip).take(take).cloned().collect())
+    }
+
+    /// Mirrors a durable append of `entries` (contiguous, in order).
+    fn appended(&mut self, entries: Vec<Entry<TypeConfig>>) {
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            return;
+        };
+        match self.next_index() {
+            // The database overwrote from `first` on: so do we.
+            Some(next) if first < next => self.truncate(first),
+            // A gap (the database refuses those) or an empty copy: start afresh.
+            Some(next) if first > next => self.entries.clear(),
+            _ => {}
+        }
+        self.entries.extend(entries);
+        while self.entries.len() > RECENT_ENTRIES {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Mirrors the removal of entries with index >= `from`.
+    fn truncate(&mut self, from: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= from) {
+            self.entries.pop_back();
+        }
+    }
+
+    /// Mirrors the removal of entries with index <= `upto`.
+    fn purge(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|e| e.log_id.index <= upto) {
+            self.entries.pop_front();
+        }
+    }
+}
+
+fn read_recent(lock: &RwLock<RecentEntries>) -> RwLockReadGuard<'_, RecentEntries> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Updates the copy with `f`. A panic in an earlier update may have left it half done, so
+/// a poisoned lock is cleared: the database is the truth, and an empty copy is valid.
+fn update_recent(lock: &RwLock<RecentEntries>, f: impl FnOnce(&mut RecentEntries)) {
+    let mut guard = lock.write().unwrap_or_else(|poisoned| {
+        let mut guard = poisoned.into_inner();
+        guard.entries.clear();
+        guard
+    });
+    f(&mut guard);
 }
 
 /// `range` as `[start, end)` with `end: None` unbounded; `None` if empty.
@@ -481,14 +595,18 @@ fn index_range(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
 }
 
 /// `bounds` from [`index_range`], computed before any await: the caller's range type
-/// need not be `Sync`.
+/// need not be `Sync`. From the copy of the newest entries when it holds them all.
 async fn read_entries(
     db: &Db,
+    recent: &RwLock<RecentEntries>,
     bounds: Option<(u64, Option<u64>)>,
 ) -> Result<Vec<Entry<TypeConfig>>, RaftError> {
     let Some((start, end)) = bounds else {
         return Ok(Vec::new());
     };
+    if let Some(entries) = read_recent(recent).get(start, end) {
+        return Ok(entries);
+    }
     let db = db.clone();
     blocking(move || db.entries(start, end))
         .await
@@ -500,7 +618,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, RaftError> {
-        read_entries(&self.db, index_range(&range)).await
+        read_entries(&self.db, &self.recent, index_range(&range)).await
     }
 }
 
@@ -509,7 +627,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, RaftError> {
-        read_entries(&self.db, index_range(&range)).await
+        read_entries(&self.db, &self.recent, index_range(&range)).await
     }
 }
 
@@ -528,20 +646,47 @@ impl LogStore {
             .map_err(raft_err(subject, ErrorVerb::Read))
     }
 
+    /// The committed id waiting to be written, encoded, and no longer waiting: the caller
+    /// writes it in its transaction (if that fails, the hint is lost, which is allowed).
+    /// Stays waiting if it cannot be encoded.
+    fn take_committed(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(committed) = self.committed else {
+            return Ok(None);
+        };
+        let bytes = encode(KEY_COMMITTED, META_FORMAT, &committed)?;
+        self.committed = None;
+        Ok(Some(bytes))
+    }
+
     async fn write_meta<T>(
-        &self,
+        &mut self,
         key: &'static str,
         value: Option<T>,
         subject: ErrorSubject<NodeId>,
-        lazy: bool,
     ) -> Result<(), RaftError>
     where
         T: Serialize + Send + 'static,
     {
+        let to_err = || raft_err(subject.clone(), ErrorVerb::Write);
+        let committed = self.take_committed().map_err(to_err())?;
         let db = self.db.clone();
-        blocking(move || db.write_meta(key, value.as_ref(), lazy))
+        blocking(move || db.write_meta(key, value.as_ref(), committed))
             .await
             .map_err(raft_err(subject, ErrorVerb::Write))
+    }
+}
+
+/// On a clean shutdown openraft drops the store: the waiting committed id is written then,
+/// so that a restart re-applies everything committed before Raft is running again (one
+/// small blocking transaction, on the way out). A crash loses it, which is allowed.
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        let Some(committed) = self.committed.take() else {
+            return;
+        };
+        if let Err(e) = self.db.write_meta(KEY_COMMITTED, Some(&committed), None) {
+            tracing::warn!(error = %e, "could not save the committed log id at shutdown");
+        }
     }
 }
 
@@ -558,11 +703,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_reader(&mut self) -> LogReader {
         LogReader {
             db: self.db.clone(),
+            recent: self.recent.clone(),
         }
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftError> {
-        self.write_meta(KEY_VOTE, Some(*vote), ErrorSubject::Vote, false)
+        self.write_meta(KEY_VOTE, Some(*vote), ErrorSubject::Vote)
             .await
     }
 
@@ -571,15 +717,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Saved so that a restart re-applies up to here at once instead of waiting for the
-    /// leader's next commit. Lazily: it sits on every proposal's path (leader and
-    /// followers), and a committed index lost in a crash is only a hint that comes back
-    /// with the leader's next heartbeat (the entries themselves are durable).
+    /// leader's next commit. Lazily, with the next append (see the module docs): it sits on
+    /// every proposal's path (leader and followers), and a committed index lost in a crash
+    /// is only a hint that comes back with the leader's next heartbeat (the entries
+    /// themselves are durable).
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), RaftError> {
-        self.write_meta(KEY_COMMITTED, committed, ErrorSubject::Store, true)
-            .await
+        self.committed = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, RaftError> {
+        if self.committed.is_some() {
+            return Ok(self.committed);
+        }
         self.read_meta(KEY_COMMITTED, ErrorSubject::Store).await
     }
 
@@ -593,16 +743,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let to_err = || raft_err(ErrorSubject::Logs, ErrorVerb::Write);
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let encoded = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, encode("log entry", LOG_FORMAT, &e)?)))
+            .iter()
+            .map(|e| Ok((e.log_id.index, encode("log entry", LOG_FORMAT, e)?)))
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(to_err())?;
+        let committed = self.take_committed().map_err(to_err())?;
         let db = self.db.clone();
+        let recent = self.recent.clone();
         // Awaited: on return the transaction has committed, so the entries are both
-        // readable and durable, and the callback may say so.
+        // readable and durable, and the callback may say so. The copy of the newest
+        // entries follows the database, never leads it.
         let started = std::time::Instant::now();
-        let appended = blocking(move || db.append(encoded)).await;
+        let appended = blocking(move || {
+            db.append(encoded, committed)?;
+            update_recent(&recent, |r| r.appended(entries));
+            Ok(())
+        })
+        .await;
         metrics::histogram!(crate::metrics::RAFT_APPEND_SECONDS)
             .record(started.elapsed().as_secs_f64());
         match appended {
@@ -619,16 +778,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftError> {
         let db = self.db.clone();
-        blocking(move || db.truncate(log_id.index))
-            .await
-            .map_err(raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+        let recent = self.recent.clone();
+        blocking(move || {
+            // First the copy: a reader must never find there what the database lost.
+            update_recent(&recent, |r| r.truncate(log_id.index));
+            db.truncate(log_id.index)
+        })
+        .await
+        .map_err(raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftError> {
+        let to_err = raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete);
+        let committed = self.take_committed().map_err(to_err)?;
         let db = self.db.clone();
-        blocking(move || db.purge(log_id))
-            .await
-            .map_err(raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+        let recent = self.recent.clone();
+        blocking(move || {
+            update_recent(&recent, |r| r.purge(log_id.index));
+            db.purge(log_id, committed)
+        })
+        .await
+        .map_err(raft_err(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 }
 

@@ -423,3 +423,98 @@ async fn single_node_raft_commits_snapshots_and_restarts() {
     assert!(matches!(resp.data, CommandResponse::Rejected { .. }));
     raft.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn the_committed_hint_waits_for_the_next_durable_write_or_the_shutdown() {
+    let dir = TempDir::new().expect("tempdir");
+    let on_disk = |log: &LogStore| {
+        log.db
+            .read_meta::<LogId<NodeId>>(super::KEY_COMMITTED)
+            .expect("read meta")
+    };
+    {
+        let (mut log, _sm) = open(dir.path()).await.expect("open");
+        log.blocking_append([blank(1, 1), blank(1, 2)])
+            .await
+            .expect("append");
+        log.save_committed(Some(log_id(1, 1)))
+            .await
+            .expect("committed");
+        assert_eq!(on_disk(&log), None, "no transaction of its own");
+        log.blocking_append([blank(1, 3)]).await.expect("append");
+        assert_eq!(on_disk(&log), Some(log_id(1, 1)), "carried by the append");
+        log.save_committed(Some(log_id(1, 2)))
+            .await
+            .expect("committed");
+        assert_eq!(on_disk(&log), Some(log_id(1, 1)));
+        assert_eq!(
+            log.read_committed().await.expect("committed"),
+            Some(log_id(1, 2)),
+            "read back from memory"
+        );
+    }
+    let (mut log, _sm) = open(dir.path()).await.expect("reopen");
+    assert_eq!(
+        log.read_committed().await.expect("committed"),
+        Some(log_id(1, 2)),
+        "written when the store was dropped"
+    );
+}
+
+#[tokio::test]
+async fn reads_of_the_newest_entries_agree_with_the_database_through_truncate_and_purge() {
+    let dir = TempDir::new().expect("tempdir");
+    let (mut log, _sm) = open(dir.path()).await.expect("open");
+    let mut reader = log.get_log_reader().await;
+    let all: Vec<_> = (1..=6).map(|i| blank(1, i)).collect();
+    log.blocking_append(all).await.expect("append");
+    assert_eq!(
+        indexes(&reader.try_get_log_entries(2..5).await.expect("read")),
+        vec![2, 3, 4]
+    );
+    // A conflicting suffix: truncate, then the new leader's entries.
+    log.truncate(log_id(1, 5)).await.expect("truncate");
+    log.blocking_append([blank(2, 5)]).await.expect("append");
+    // Bounded (from the copy) and open-ended (from the database): the same entries.
+    for entries in [
+        reader.try_get_log_entries(4..6).await.expect("read"),
+        reader.try_get_log_entries(4..).await.expect("read"),
+    ] {
+        assert_eq!(
+            entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+            vec![log_id(1, 4), log_id(2, 5)]
+        );
+    }
+    log.purge(log_id(1, 3)).await.expect("purge");
+    assert_eq!(
+        indexes(&reader.try_get_log_entries(0..10).await.expect("read")),
+        vec![4, 5]
+    );
+    // A fresh handle on the same database (no copy yet) sees the same log.
+    drop((log, reader, _sm));
+    let (mut log, _sm) = open(dir.path()).await.expect("reopen");
+    let entries = log.try_get_log_entries(0..10).await.expect("read");
+    assert_eq!(
+        entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+        vec![log_id(1, 4), log_id(2, 5)]
+    );
+}
+
+#[tokio::test]
+async fn entries_older_than_the_copy_of_the_newest_come_from_the_database() {
+    let dir = TempDir::new().expect("tempdir");
+    let (mut log, _sm) = open(dir.path()).await.expect("open");
+    // Whole batches of 100, more than the copy holds.
+    let total = (super::RECENT_ENTRIES as u64 / 100 + 2) * 100;
+    for start in (1..=total).step_by(100) {
+        let batch: Vec<_> = (start..start + 100).map(|i| blank(1, i)).collect();
+        log.blocking_append(batch).await.expect("append");
+    }
+    let entries = log.try_get_log_entries(1..=total).await.expect("read");
+    assert_eq!(indexes(&entries), (1..=total).collect::<Vec<_>>());
+    let newest = log
+        .try_get_log_entries(total - 9..=total)
+        .await
+        .expect("read");
+    assert_eq!(indexes(&newest), (total - 9..=total).collect::<Vec<_>>());
+}
