@@ -136,12 +136,9 @@ impl PeerClient {
             .await;
         match &sent {
             Ok(_) => self.contacts.record(self.target),
-            // The cached connection may lead to a process that died (a restarted peer
-            // listens on a new one): dial afresh next time instead of waiting for QUIC's
-            // idle timeout.
-            Err(TransportError::Timeout { .. } | TransportError::Connection { .. }) => {
-                self.transport.forget(self.target)
-            }
+            // The connection is gone: dial afresh next time. (After a timeout the transport
+            // has already dropped the connection if the peer went silent on it.)
+            Err(TransportError::Connection { .. }) => self.transport.forget(self.target),
             Err(_) => {}
         }
         sent
@@ -159,11 +156,17 @@ impl PeerClient {
 
 /// A transport failure. Only a failure to connect makes openraft back off (Unreachable);
 /// a slow answer (timeout) is retried at the next heartbeat, so one late reply from a
-/// healthy follower does not stall its replication for the back-off period.
+/// healthy follower does not stall its replication for the back-off period. Neither does
+/// a connection this node closed itself (the last handle of a replaced connection went
+/// away): the next call dials afresh.
 fn rpc_error<E: std::error::Error>(
     e: TransportError,
 ) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
     match e {
+        TransportError::Connection {
+            source: quinn::ConnectionError::LocallyClosed,
+            ..
+        } => RPCError::Network(NetworkError::new(&e)),
         TransportError::Connect { .. } | TransportError::Connection { .. } => {
             RPCError::Unreachable(Unreachable::new(&e))
         }

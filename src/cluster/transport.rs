@@ -215,6 +215,26 @@ pub enum TransportError {
     Timeout { node: NodeId, timeout: Duration },
 }
 
+/// One RPC on `conn`: a new stream, the request frame, the reply frame.
+async fn exchange_on(
+    conn: &quinn::Connection,
+    target_id: NodeId,
+    payload: &[u8],
+    max_frame: u32,
+) -> Result<Vec<u8>, TransportError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|source| TransportError::Connection {
+            node: target_id,
+            source,
+        })?;
+    send.write_all(&[StreamKind::Rpc as u8]).await?;
+    write_frame(&mut send, payload).await?;
+    send.finish()?;
+    read_frame(&mut recv, max_frame).await
+}
+
 /// The response envelope body: the handler's answer or why there is none.
 #[derive(Serialize, Deserialize)]
 enum Reply<T> {
@@ -393,14 +413,21 @@ impl Transport {
     ) -> Result<Resp, TransportError> {
         // Encode and size-check before any I/O: an oversized request never leaves the node.
         let payload = encode_envelope(req, self.limits.max_frame)?;
-        let exchange = self.exchange(target_id, target_addr, &payload);
-        let reply = tokio::time::timeout(timeout, exchange)
+        let timed_out = || TransportError::Timeout {
+            node: target_id,
+            timeout,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = tokio::time::timeout_at(deadline, self.connection(target_id, target_addr))
             .await
-            .map_err(|_| TransportError::Timeout {
-                node: target_id,
-                timeout,
-            })??;
-        match decode_envelope::<Reply<Resp>>(&reply)? {
+            .map_err(|_| timed_out())??;
+        let acks_before = conn.stats().frame_rx.acks;
+        let exchange = exchange_on(&conn, target_id, &payload, self.limits.max_frame);
+        let Ok(reply) = tokio::time::timeout_at(deadline, exchange).await else {
+            self.forget_if_silent(target_id, &conn, acks_before);
+            return Err(timed_out());
+        };
+        match decode_envelope::<Reply<Resp>>(&reply?)? {
             Reply::Ok(resp) => Ok(resp),
             Reply::Refused(reason) => Err(TransportError::Remote {
                 node: target_id,
@@ -409,18 +436,27 @@ impl Transport {
         }
     }
 
-    async fn exchange(
-        &self,
-        target_id: NodeId,
-        target_addr: &str,
-        payload: &[u8],
-    ) -> Result<Vec<u8>, TransportError> {
-        let (mut send, mut recv) = self
-            .open_stream(target_id, target_addr, StreamKind::Rpc)
-            .await?;
-        write_frame(&mut send, payload).await?;
-        send.finish()?;
-        read_frame(&mut recv, self.limits.max_frame).await
+    /// After a call timed out: drops the cached connection only if the peer acknowledged
+    /// nothing on it meanwhile. A peer that acks our packets is alive and merely slow (a
+    /// follower's append waiting for its disk): its connection is kept, since dialling
+    /// afresh would cost a handshake and fail the calls still in flight on the old one.
+    /// A peer that acks nothing may be a process that died: dial afresh next time rather
+    /// than wait for QUIC's idle timeout.
+    fn forget_if_silent(&self, target_id: NodeId, conn: &quinn::Connection, acks_before: u64) {
+        if conn.stats().frame_rx.acks != acks_before {
+            return;
+        }
+        let mut peers = self.peers_lock();
+        let same = peers.get(&target_id).is_some_and(|slot| {
+            slot.try_lock()
+                .ok()
+                .and_then(|cached| cached.as_ref().map(|c| c.conn.stable_id()))
+                == Some(conn.stable_id())
+        });
+        if same {
+            debug!(node = target_id, "call timed out with no ack from the peer: dropping its connection");
+            peers.remove(&target_id);
+        }
     }
 
     /// Opens a stream of `kind` to node `target_id` (the kind byte is already written). Not
@@ -814,6 +850,8 @@ mod tests {
         Blob(Vec<u8>),
         /// Asks for a response of this many bytes.
         Big(usize),
+        /// Answers after this many milliseconds (a peer that is alive but slow).
+        Sleep(u64),
     }
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -837,6 +875,10 @@ mod tests {
                 TestReq::Echo(s) => (s, Vec::new()),
                 TestReq::Blob(b) => (b.len().to_string(), Vec::new()),
                 TestReq::Big(n) => (String::new(), vec![7; n]),
+                TestReq::Sleep(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    (ms.to_string(), Vec::new())
+                }
             };
             TestResp {
                 from,
@@ -1147,6 +1189,40 @@ mod tests {
         assert_eq!(b.calls.load(Ordering::SeqCst), 0);
         a.stop().await;
         b.stop().await;
+    }
+
+    /// The stable id of the connection `transport` has cached for `target`, if any.
+    fn cached_connection(transport: &Transport, target: NodeId) -> Option<usize> {
+        let peers = transport.peers_lock();
+        let slot = peers.get(&target)?.clone();
+        let cached = slot.try_lock().ok()?;
+        cached.as_ref().map(|c| c.conn.stable_id())
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_keeps_the_connection_of_a_live_peer() {
+        let pki = Pki::new();
+        let a = Node::start(pki.tls(1), 1);
+        let b = Node::start(pki.tls(2), 2);
+        a.call(&b, TestReq::Echo("1".into())).await.expect("first");
+        let before = cached_connection(&a.transport, 2);
+        assert!(before.is_some());
+
+        // b takes 400 ms to answer a call that may last 100 ms: a timeout, but b acked
+        // the request meanwhile, so the connection stays.
+        let slow = TestReq::Sleep(400);
+        let err = a
+            .transport
+            .call::<_, TestResp>(2, &b.addr, &slow, Duration::from_millis(100))
+            .await;
+        assert!(matches!(err, Err(TransportError::Timeout { .. })), "{err:?}");
+        assert_eq!(cached_connection(&a.transport, 2), before);
+
+        let ok = a.call(&b, TestReq::Echo("2".into())).await.expect("after");
+        assert_eq!(ok.echo, "2");
+        assert_eq!(cached_connection(&a.transport, 2), before, "no redial");
+        b.stop().await;
+        a.stop().await;
     }
 
     #[tokio::test]
