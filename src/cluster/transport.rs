@@ -222,13 +222,13 @@ async fn exchange_on(
     payload: &[u8],
     max_frame: u32,
 ) -> Result<Vec<u8>, TransportError> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|source| TransportError::Connection {
-            node: target_id,
-            source,
-        })?;
+    let (mut send, mut recv) =
+        conn.open_bi()
+            .await
+            .map_err(|source| TransportError::Connection {
+                node: target_id,
+                source,
+            })?;
     send.write_all(&[StreamKind::Rpc as u8]).await?;
     write_frame(&mut send, payload).await?;
     send.finish()?;
@@ -454,7 +454,10 @@ impl Transport {
                 == Some(conn.stable_id())
         });
         if same {
-            debug!(node = target_id, "call timed out with no ack from the peer: dropping its connection");
+            debug!(
+                node = target_id,
+                "call timed out with no ack from the peer: dropping its connection"
+            );
             peers.remove(&target_id);
         }
     }
@@ -1215,7 +1218,10 @@ mod tests {
             .transport
             .call::<_, TestResp>(2, &b.addr, &slow, Duration::from_millis(100))
             .await;
-        assert!(matches!(err, Err(TransportError::Timeout { .. })), "{err:?}");
+        assert!(
+            matches!(err, Err(TransportError::Timeout { .. })),
+            "{err:?}"
+        );
         assert_eq!(cached_connection(&a.transport, 2), before);
 
         let ok = a.call(&b, TestReq::Echo("2".into())).await.expect("after");
