@@ -72,11 +72,22 @@ fn killing_the_leader_elects_another_and_the_old_one_rejoins() -> Result<()> {
     set.members[leader].node = None;
     set.start_member(leader)?;
     set.wait_leader(&[])?;
-    // Its /healthz turned 200 only after it answered the leader, so the leader counts it
-    // up by now: the next session's replica set has all three.
-    let status = set.status(new_leader)?;
-    for m in &set.members {
-        assert_eq!(member_up(&status, m.id), Some(true), "{status}");
+    // Once the leader has heard from it again (its own /healthz can be 200 a moment
+    // earlier), the next session's replica set has all three.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = set.status(new_leader)?;
+        if set
+            .members
+            .iter()
+            .all(|m| member_up(&status, m.id) == Some(true))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the leader never counted every member up: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let (code, _) = set.upload(new_leader)?;
     assert_eq!(code, 200);
