@@ -418,13 +418,18 @@ impl Transport {
             timeout,
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let conn = tokio::time::timeout_at(deadline, self.connection(target_id, target_addr))
-            .await
-            .map_err(|_| timed_out())??;
+        let (conn, dialled) =
+            tokio::time::timeout_at(deadline, self.connection(target_id, target_addr))
+                .await
+                .map_err(|_| timed_out())??;
         let acks_before = conn.stats().frame_rx.acks;
         let exchange = exchange_on(&conn, target_id, &payload, self.limits.max_frame);
         let Ok(reply) = tokio::time::timeout_at(deadline, exchange).await else {
-            self.forget_if_silent(target_id, &conn, acks_before);
+            // A handshake that completed within this call already showed the peer alive;
+            // the rest of the budget may have been too short for its acks to arrive.
+            if !dialled {
+                self.forget_if_silent(target_id, &conn, acks_before);
+            }
             return Err(timed_out());
         };
         match decode_envelope::<Reply<Resp>>(&reply?)? {
@@ -470,7 +475,7 @@ impl Transport {
         target_addr: &str,
         kind: StreamKind,
     ) -> Result<(SendStream, RecvStream), TransportError> {
-        let conn = self.connection(target_id, target_addr).await?;
+        let (conn, _) = self.connection(target_id, target_addr).await?;
         let (mut send, recv) =
             conn.open_bi()
                 .await
@@ -512,17 +517,18 @@ impl Transport {
     }
 
     /// The cached connection to `target_id` if it is open and was dialled at `addr`, else a new
-    /// one. Concurrent callers wait for one dial instead of racing several.
+    /// one (then `true`: dialled by this call). Concurrent callers wait for one dial instead
+    /// of racing several.
     async fn connection(
         &self,
         target_id: NodeId,
         addr: &str,
-    ) -> Result<quinn::Connection, TransportError> {
+    ) -> Result<(quinn::Connection, bool), TransportError> {
         let slot = self.peers_lock().entry(target_id).or_default().clone();
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref() {
             if c.addr == addr && c.conn.close_reason().is_none() {
-                return Ok(c.conn.clone());
+                return Ok((c.conn.clone(), false));
             }
         }
         // A replaced connection closes once in-flight calls drop their handles.
@@ -532,7 +538,7 @@ impl Transport {
             addr: addr.to_owned(),
             conn: conn.clone(),
         });
-        Ok(conn)
+        Ok((conn, true))
     }
 
     async fn dial(
