@@ -704,9 +704,10 @@ impl RpcHandler<ClusterRequest, ClusterResponse> for RpcServer {
             ClusterRequest::AppendEntries(rpc) => {
                 // Only the current leader sends these; they are how a follower knows it has
                 // one. The contact counts once this node has answered, not when the request
-                // arrived: /healthz turns 200 on it, and a restarted node whose first append
-                // is slow (a catch-up batch behind its start-up I/O) must not look ready
-                // before the leader has heard from it and would put it in a replica set.
+                // arrived: /healthz turns 200 on it, and a slow first append after a restart
+                // should not make this node look ready sooner. It can still be ahead of the
+                // leader's view for a moment (BENCHMARKS.md, "the restart race"): the
+                // leader's status says which members new replica sets would use.
                 let answer = member.raft.append_entries(rpc).await;
                 if answer.is_ok() {
                     member.leader_contact.record(from);
