@@ -222,17 +222,27 @@ async fn exchange_on(
     payload: &[u8],
     max_frame: u32,
 ) -> Result<Vec<u8>, TransportError> {
-    let (mut send, mut recv) =
-        conn.open_bi()
-            .await
-            .map_err(|source| TransportError::Connection {
-                node: target_id,
-                source,
-            })?;
-    send.write_all(&[StreamKind::Rpc as u8]).await?;
+    let (mut send, mut recv) = open_on(conn, target_id, StreamKind::Rpc).await?;
     write_frame(&mut send, payload).await?;
     send.finish()?;
     read_frame(&mut recv, max_frame).await
+}
+
+/// A new stream of `kind` on `conn`, its kind byte written.
+async fn open_on(
+    conn: &quinn::Connection,
+    target_id: NodeId,
+    kind: StreamKind,
+) -> Result<(SendStream, RecvStream), TransportError> {
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|source| TransportError::Connection {
+            node: target_id,
+            source,
+        })?;
+    send.write_all(&[kind as u8]).await?;
+    Ok((send, recv))
 }
 
 /// The response envelope body: the handler's answer or why there is none.
@@ -476,15 +486,7 @@ impl Transport {
         kind: StreamKind,
     ) -> Result<(SendStream, RecvStream), TransportError> {
         let (conn, _) = self.connection(target_id, target_addr).await?;
-        let (mut send, recv) =
-            conn.open_bi()
-                .await
-                .map_err(|source| TransportError::Connection {
-                    node: target_id,
-                    source,
-                })?;
-        send.write_all(&[kind as u8]).await?;
-        Ok((send, recv))
+        open_on(&conn, target_id, kind).await
     }
 
     /// Drops the cached connection to `target_id` (e.g. after it left the cluster); in-flight
