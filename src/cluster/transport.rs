@@ -42,6 +42,8 @@
 //! - An accepted stream must deliver its kind byte and request within
 //!   [`Limits::request_timeout`].
 //! - Outgoing connections: one cached per target node id, so as many as cluster members.
+//!   A call that times out drops it only when the peer acked nothing during the call
+//!   (a process that died); a slow but live peer keeps its connection.
 
 use std::collections::HashMap;
 use std::future::Future;
