@@ -8,7 +8,9 @@
 //!
 //! What is measured (see the comment on each function for exactly what is timed):
 //! 1. bulk ingest: aggregate MB/s of 1, 16, 256 concurrent `POST /v2/record` streams;
-//! 2. the limit: the same bytes written by a plain sequential writer + one fdatasync;
+//! 2. the limit: the same bytes written by a plain sequential writer + one fdatasync; and
+//!    the ceiling: the same bytes through one loopback TCP connection into a file, the
+//!    least any recorder on this machine must do with them (no HTTP, check, acks);
 //! 3. ack latency of paced streams, alone and while bulk load runs;
 //! 4. node RSS per idle v2 session.
 //!
@@ -65,7 +67,9 @@ usage: cargo bench --bench ingest [-- OPTIONS]
   --node-log FILTER       RUST_LOG of the node (info, the default of the binary)
   --node-bin PATH         measure this quorumcast binary instead of the one cargo built
   --client-threads N      tokio worker threads of the load generator (1)
-  --seed N                seed of the content generator (42)";
+  --seed N                seed of the content generator (42)
+  --no-prime              don't write and delete a file of the run's size before each bulk
+                          measurement (see `settle`)";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -83,6 +87,8 @@ struct Options {
     node_bin: PathBuf,
     client_threads: usize,
     seed: u64,
+    /// Whether each bulk measurement starts on pages the guest already holds (`settle`).
+    prime: bool,
 }
 
 impl Options {
@@ -102,6 +108,7 @@ impl Options {
             node_bin: PathBuf::from(NODE_BIN),
             client_threads: 1,
             seed: 42,
+            prime: true,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -109,6 +116,7 @@ impl Options {
             match arg.as_str() {
                 // `cargo bench` passes --bench to harness = false targets.
                 "--bench" => {}
+                "--no-prime" => o.prime = false,
                 "--quick" => {
                     o.total_bytes = 64 * MIB;
                     o.runs = 1;
@@ -241,8 +249,8 @@ struct BulkRow {
     conns: usize,
     /// Bytes of one run (the same in every run).
     bytes: u64,
-    /// (recorder, limit) wall time of each run.
-    runs: Vec<(Duration, Duration)>,
+    /// (recorder, limit, ceiling) wall time of each run.
+    runs: Vec<(Duration, Duration, Duration)>,
     /// CPU seconds used during all recorder runs of the row.
     cpu: CpuTimes,
     /// Group commit over all recorder runs of the row.
@@ -261,15 +269,15 @@ impl BulkRow {
         }
     }
 
-    fn add(&mut self, run: BulkRun, limit: Duration) {
+    fn add(&mut self, run: BulkRun, limit: Duration, ceiling: Duration) {
         (self.conns, self.bytes) = (run.conns, run.bytes);
-        self.runs.push((run.elapsed, limit));
+        self.runs.push((run.elapsed, limit, ceiling));
         self.cpu = self.cpu.plus(&run.cpu);
         self.commit = self.commit.plus(&run.commit);
     }
 
     fn recorder_wall(&self) -> f64 {
-        self.runs.iter().map(|(r, _)| r.as_secs_f64()).sum()
+        self.runs.iter().map(|(r, _, _)| r.as_secs_f64()).sum()
     }
 }
 
@@ -287,29 +295,60 @@ async fn bulk_rows(
     for round in 1..=o.runs {
         for row in rows.iter_mut() {
             let streams = row.streams;
-            settle().await;
+            settle(work, o).await?;
             let limit = sequential_limit(work, o.total_bytes).await?;
-            settle().await;
+            settle(work, o).await?;
+            let ceiling = tcp_ceiling(work, o.total_bytes, o.chunk_bytes).await?;
+            settle(work, o).await?;
             let total = o.total_bytes;
             let run = bulk_ingest(node, corpus, streams, total, o.max_conns, 1000).await?;
             stored = check_stored(&node.dst(), stored, run.bytes)?;
             progress(&format!(
-                "run {round}/{}, {streams} streams: recorder {:.1} MB/s, limit {:.1} MB/s",
+                "run {round}/{}, {streams} streams: recorder {:.1} MB/s, limit {:.1} MB/s, \
+                 ceiling {:.1} MB/s",
                 o.runs,
                 mbps(run.bytes, run.elapsed),
-                mbps(total, limit)
+                mbps(total, limit),
+                mbps(total, ceiling)
             ));
-            row.add(run, limit);
+            row.add(run, limit, ceiling);
         }
     }
     Ok(rows)
 }
 
-/// Before each measurement: write back what earlier ones left dirty, then let the disk rest.
-async fn settle() {
+/// Before each bulk measurement: write back what earlier ones left dirty, let the disk
+/// rest, then (unless `--no-prime`) write a file of the run's size without syncing it and
+/// delete it at once.
+///
+/// Why the priming: this VM's balloon device reports free guest pages back to the host,
+/// and the first write into such a page pays the host's fault inside the page-cache copy.
+/// Whether a writer got pages just freed by the measurement before it (fast) or returned
+/// ones (slow, 2-4x) depended on the order of the measurements: the limit ran at 0.3 or
+/// 2 GB/s from one pair to the next. Priming gives every measurement (limit, ceiling,
+/// recorder) the same start, on pages the guest holds, as on a machine without a balloon.
+/// The file is deleted before writeback could start, so no disk write happens for it.
+async fn settle(dir: &Path, o: &Options) -> Result<()> {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    if !o.prime {
+        return Ok(());
+    }
+    let (path, bytes) = (dir.join("prime.dat"), o.total_bytes);
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let block = vec![0u8; 64 * 1024];
+        let mut file = std::fs::File::create(&path).context("create prime file")?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            file.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        drop(file);
+        std::fs::remove_file(&path).context("remove prime file")
+    })
+    .await?
 }
 
 /// The limit: `bytes` written by one thread to one new file in 64 KiB `write`s, then one
@@ -331,6 +370,62 @@ async fn sequential_limit(dir: &Path, bytes: u64) -> Result<Duration> {
         file.sync_data()?;
         let elapsed = started.elapsed();
         std::fs::remove_file(&path)?;
+        Ok(elapsed)
+    })
+    .await?
+}
+
+/// The ceiling: the least any recorder on this machine has to do with the same bytes,
+/// measured so that the recorder's distance to the limit can be split into what this
+/// machine imposes and what the recorder adds. One thread sends them over one loopback TCP
+/// connection (`TCP_NODELAY`) in `chunk`-byte writes, as the bench's client sends its body
+/// chunks; another reads them in 1 MiB reads, `pwrite`s them into one new file and
+/// fdatasyncs it once at the end. No HTTP, no content check, no acks, no index. Timed from
+/// the connect to the end of the fdatasync.
+async fn tcp_ceiling(dir: &Path, bytes: u64, chunk: usize) -> Result<Duration> {
+    let path = dir.join("ceiling.dat");
+    tokio::task::spawn_blocking(move || -> Result<Duration> {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("ceiling listener")?;
+        let addr = listener.local_addr()?;
+        let started = Instant::now();
+        let sender = std::thread::spawn(move || -> Result<()> {
+            let block: Vec<u8> = (0..chunk)
+                .map(|i| b"0123456789abcdef[],\"o\"\n"[i % 23])
+                .collect();
+            let mut socket = std::net::TcpStream::connect(addr).context("ceiling connect")?;
+            socket.set_nodelay(true)?;
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk as u64) as usize;
+                socket.write_all(&block[..n])?;
+                left -= n as u64;
+            }
+            Ok(())
+        });
+        let (mut socket, _) = listener.accept().context("ceiling accept")?;
+        let file = std::fs::File::create(&path).context("create ceiling file")?;
+        let mut buf = vec![0u8; MIB as usize];
+        let mut written = 0u64;
+        loop {
+            let n = socket.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all_at(&buf[..n], written)?;
+            written += n as u64;
+        }
+        file.sync_data()?;
+        let elapsed = started.elapsed();
+        sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("ceiling sender panicked"))??;
+        std::fs::remove_file(&path)?;
+        ensure!(
+            written == bytes,
+            "ceiling received {written} of {bytes} bytes"
+        );
         Ok(elapsed)
     })
     .await?
@@ -1279,6 +1374,34 @@ fn print_report(
     println!("loadavg {} at start, {} at end", m.load_start, loadavg());
 }
 
+/// The ceiling's row per level: what the machine allows any recorder, against the limit,
+/// and how much of it the recorder reaches.
+fn print_ceiling(o: &Options, bulk: &[BulkRow]) {
+    println!("  the machine's ceiling (one TCP connection -> one file, measured with each pair):");
+    println!("  streams  ceiling MB/s  ceiling/limit [range]  recorder/ceiling [range]");
+    for r in bulk {
+        let per_run = |f: &dyn Fn(&(Duration, Duration, Duration)) -> f64| -> Vec<f64> {
+            r.runs.iter().map(f).collect()
+        };
+        let recorder = per_run(&|run| mbps(r.bytes, run.0));
+        let limit = per_run(&|run| mbps(o.total_bytes, run.1));
+        let ceiling = per_run(&|run| mbps(o.total_bytes, run.2));
+        let of_limit: Vec<f64> = ceiling.iter().zip(&limit).map(|(c, l)| c / l).collect();
+        let reached: Vec<f64> = recorder.iter().zip(&ceiling).map(|(r, c)| r / c).collect();
+        println!(
+            "  {:>7}  {:>12.1}  {:>6.0}% [{:>3.0}-{:>3.0}%]  {:>9.0}% [{:>3.0}-{:>3.0}%]",
+            r.streams,
+            median(&ceiling),
+            100.0 * median(&ceiling) / median(&limit),
+            100.0 * min(&of_limit),
+            100.0 * max(&of_limit),
+            100.0 * median(&recorder) / median(&ceiling),
+            100.0 * min(&reached),
+            100.0 * max(&reached)
+        );
+    }
+}
+
 fn print_bulk(o: &Options, bulk: &[BulkRow], peak_rss: u64) {
     println!(
         "
@@ -1286,25 +1409,36 @@ fn print_bulk(o: &Options, bulk: &[BulkRow], peak_rss: u64) {
      in {chunk} KiB body chunks of whole lines; one h2c connection per stream up to {conns},
      beyond that streams multiplexed round-robin. Recorder time: all bodies start -> the
      last stream's final ack. Limit: the same bytes, one file, 64 KiB write()s + one
-     fdatasync, measured right before each recorder run. sync(2) and a 1 s pause before
-     every measurement; {runs} round(s), each over all rows in turn. Per row: MB/s are
-     medians, ratio = median/median, [range] = lowest and highest ratio of a (limit,
-     recorder) pair. MB = 10^6 bytes. CPU = CPU seconds / recorder wall seconds (2 CPUs =
+     fdatasync. Ceiling: the same bytes sent over one loopback TCP connection in {chunk}
+     KiB writes, read in 1 MiB reads and pwrite()n to one file + one fdatasync (what any
+     recorder must do at least: no HTTP, check or acks). Both measured right before each
+     recorder run. sync(2) and a 1 s pause before every measurement, then {prime};
+     {runs} round(s), each over all rows in turn. Per row: MB/s are medians, ratio = median/median, [range] =
+     lowest and highest ratio of a (limit, recorder) pair. MB = 10^6 bytes. CPU = CPU seconds / recorder wall seconds (2 CPUs =
      200%); other = everything else on the machine (kernel writeback threads, other
      users), idle and iowait excluded.
 ",
         total = o.total_bytes / MIB,
         chunk = o.chunk_bytes / 1024,
         conns = o.max_conns,
-        runs = o.runs
+        runs = o.runs,
+        prime = if o.prime {
+            "a file of the\n     run's size written and deleted unsynced (pages the guest holds, see `settle`)"
+        } else {
+            "no priming\n     (--no-prime)"
+        }
     );
     println!("  streams  conns   MiB/run  recorder MB/s  limit MB/s  recorder/limit [range]  node CPU  client CPU  other CPU");
     for r in bulk {
-        let recorder: Vec<f64> = r.runs.iter().map(|(rec, _)| mbps(r.bytes, *rec)).collect();
+        let recorder: Vec<f64> = r
+            .runs
+            .iter()
+            .map(|(rec, _, _)| mbps(r.bytes, *rec))
+            .collect();
         let limit: Vec<f64> = r
             .runs
             .iter()
-            .map(|(_, lim)| mbps(o.total_bytes, *lim))
+            .map(|(_, lim, _)| mbps(o.total_bytes, *lim))
             .collect();
         let ratios: Vec<f64> = recorder.iter().zip(&limit).map(|(r, l)| r / l).collect();
         let (lo, hi) = (min(&ratios), max(&ratios));
@@ -1325,16 +1459,21 @@ fn print_bulk(o: &Options, bulk: &[BulkRow], peak_rss: u64) {
         );
     }
     let met = bulk.iter().all(|r| {
-        let recorder: Vec<f64> = r.runs.iter().map(|(rec, _)| mbps(r.bytes, *rec)).collect();
+        let recorder: Vec<f64> = r
+            .runs
+            .iter()
+            .map(|(rec, _, _)| mbps(r.bytes, *rec))
+            .collect();
         let limit: Vec<f64> = r
             .runs
             .iter()
-            .map(|(_, lim)| mbps(o.total_bytes, *lim))
+            .map(|(_, lim, _)| mbps(o.total_bytes, *lim))
             .collect();
         median(&recorder) >= 0.8 * median(&limit)
     });
     let verdict = if met { "MET" } else { "MISSED" };
     println!("  goal (median recorder >= 80% of median limit on every row): {verdict}");
+    print_ceiling(o, bulk);
     println!("  node group commit during the recorder runs:");
     for r in bulk {
         println!(
