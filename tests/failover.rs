@@ -58,6 +58,20 @@ fn assert_repaired_copy(node: &Node, id: &str, recording: &[u8], secs: u64) -> R
             .sessions("")?
             .into_iter()
             .find(|r| r["id"] == id && r["state"] == "complete"))
+    })
+    .with_context(|| {
+        // What the replica said about the session, its repairs and the cluster, so that
+        // a red run says why the copy was not completed.
+        let log = node.log_text();
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(id) || l.contains("late copy") || l.contains("leader"))
+            .collect();
+        let tail = said.len().saturating_sub(40);
+        format!(
+            "the replica's log about it:\n{}",
+            said.get(tail..).unwrap_or_default().join("\n")
+        )
     })?;
     assert_eq!(record["bytes"], recording.len() as u64, "{record}");
     assert_eq!(sha256(&node.read_recording(&record)?), sha256(recording));

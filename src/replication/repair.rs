@@ -55,8 +55,11 @@ const STRANDED_AFTER: Duration = SEAL_STRAGGLERS.saturating_add(Duration::from_s
 /// never holds up the apply of new entries for long.
 const SCAN_BATCH: usize = 1024;
 /// First wait before retrying a copy that no peer could complete; doubles up to
-/// [`RETRY_MAX`], so a copy nobody holds costs a few RPCs an hour, not every pass.
-const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// [`RETRY_MAX`], so a copy nobody holds costs a few RPCs an hour, not every pass. The
+/// first retry comes one pass later: a copy found stranded right after a partition heals
+/// may fail once while the connections to its peers are redialled, and should not stay
+/// incomplete for long because of that.
+const RETRY_FIRST: Duration = PASS_EVERY;
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Every this many passes (10 minutes), the ids the leader's clean-up removed from the
 /// Raft table (`forget_ended_after_secs`) are dropped from [`Repairs::settled`] and the
