@@ -374,10 +374,7 @@ fn masks16(part: &[u8; 16]) -> (u16, u16) {
         let control = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
         let stops = _mm_or_si128(_mm_or_si128(quote, backslash), control);
         // movemask sets only the low 16 bits: the casts keep them all.
-        (
-            _mm_movemask_epi8(stops) as u16,
-            _mm_movemask_epi8(v) as u16,
-        )
+        (_mm_movemask_epi8(stops) as u16, _mm_movemask_epi8(v) as u16)
     }
 }
 
@@ -1449,8 +1446,17 @@ mod tests {
     #[test]
     fn block_edges_get_serde_json_verdicts() {
         let pieces = [
-            "\\u001b[0m", "\\n", "\\u12", "\\x", "\\", "\u{1}", "\"", "\u{e9}", "\u{1F600}",
-            "\\ud83d\\ude00", "",
+            "\\u001b[0m",
+            "\\n",
+            "\\u12",
+            "\\x",
+            "\\",
+            "\u{1}",
+            "\"",
+            "\u{e9}",
+            "\u{1F600}",
+            "\\ud83d\\ude00",
+            "",
         ];
         for pad in 40..140 {
             for piece in pieces {
