@@ -619,8 +619,8 @@ impl Scanner<'_> {
         let mut block = start;
         let mut non_ascii = false;
         loop {
+            // Each stop handled clears its bit, and an escape's bits up to its end.
             let (mut stops, high) = block_masks(bytes, block);
-            // Offsets in the block below this are consumed (by an escape).
             loop {
                 if stops == 0 {
                     non_ascii |= high != 0;
@@ -654,6 +654,7 @@ impl Scanner<'_> {
 
     /// The length of the unpaired escape at `at` (its `\`): the common ones by table, the
     /// rest (and every fault) by [`Self::escape`].
+    #[cfg(target_arch = "x86_64")]
     #[inline]
     fn escape_at(&mut self, at: usize) -> Result<usize, EventError> {
         if let Some(e) = self.bytes.get(at..).and_then(|r| r.first_chunk::<6>()) {
@@ -674,6 +675,7 @@ impl Scanner<'_> {
 
     /// Checks `bytes[from..to]` as UTF-8 when it may hold a non-ASCII byte; a fault points
     /// at the first byte that is not valid.
+    #[cfg(target_arch = "x86_64")]
     #[inline]
     fn utf8_if(&self, non_ascii: bool, from: usize, to: usize) -> Result<(), EventError> {
         if !non_ascii {
