@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -339,12 +339,7 @@ async fn settle(dir: &Path, o: &Options) -> Result<()> {
     tokio::task::spawn_blocking(move || -> Result<()> {
         let block = vec![0u8; 64 * 1024];
         let mut file = std::fs::File::create(&path).context("create prime file")?;
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(block.len() as u64) as usize;
-            file.write_all(&block[..n])?;
-            left -= n as u64;
-        }
+        common::write_repeated(&mut file, &block, bytes)?;
         drop(file);
         std::fs::remove_file(&path).context("remove prime file")
     })
@@ -361,12 +356,7 @@ async fn sequential_limit(dir: &Path, bytes: u64) -> Result<Duration> {
             .collect();
         let started = Instant::now();
         let mut file = std::fs::File::create(&path).context("create limit file")?;
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(block.len() as u64) as usize;
-            file.write_all(&block[..n])?;
-            left -= n as u64;
-        }
+        common::write_repeated(&mut file, &block, bytes)?;
         file.sync_data()?;
         let elapsed = started.elapsed();
         std::fs::remove_file(&path)?;
@@ -396,12 +386,7 @@ async fn tcp_ceiling(dir: &Path, bytes: u64, chunk: usize) -> Result<Duration> {
                 .collect();
             let mut socket = std::net::TcpStream::connect(addr).context("ceiling connect")?;
             socket.set_nodelay(true)?;
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(chunk as u64) as usize;
-                socket.write_all(&block[..n])?;
-                left -= n as u64;
-            }
+            common::write_repeated(&mut socket, &block, bytes)?;
             Ok(())
         });
         let (mut socket, _) = listener.accept().context("ceiling accept")?;

@@ -22,7 +22,7 @@
 //! PR_SET_PDEATHSIG in case the bench itself is killed).
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -402,12 +402,7 @@ async fn sequential_limit(dir: &Path, bytes: u64) -> Result<Duration> {
             .collect();
         let started = Instant::now();
         let mut file = std::fs::File::create(&path).context("create limit file")?;
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(block.len() as u64) as usize;
-            file.write_all(&block[..n])?;
-            left -= n as u64;
-        }
+        common::write_repeated(&mut file, &block, bytes)?;
         file.sync_data()?;
         let elapsed = started.elapsed();
         std::fs::remove_file(&path)?;
