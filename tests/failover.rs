@@ -68,8 +68,14 @@ fn assert_repaired_copy(node: &Node, id: &str, recording: &[u8], secs: u64) -> R
             .filter(|l| l.contains(id) || l.contains("late copy") || l.contains("leader"))
             .collect();
         let tail = said.len().saturating_sub(40);
+        let records: Vec<Value> = node
+            .sessions("")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["id"] == id)
+            .collect();
         format!(
-            "the replica's log about it:\n{}",
+            "the replica's records of it: {records:?}\nthe replica's log about it:\n{}",
             said.get(tail..).unwrap_or_default().join("\n")
         )
     })?;
@@ -359,28 +365,113 @@ fn a_replica_dying_does_not_stop_the_session() -> Result<()> {
 
 /// A replica down when its session ends, and for longer than the owner keeps offering it
 /// the seal (`SEAL_STRAGGLERS`, 15 s), completes its copy from a peer once it is back.
+///
+/// The replica killed is the Raft leader, so the session ends during the election that
+/// follows. Regression (CI, 6f795ad): the owner's one try to record the end failed with no
+/// leader known, the session stayed live in Raft, and the sweeper sealed the finished
+/// recording a second time, as `aborted` ("owner and client gone"), on every node.
 #[test]
 fn a_replica_away_when_its_session_ended_completes_its_copy_when_it_returns() -> Result<()> {
     let mut set = Set::start(3, "")?;
     let id = "late-replica";
+    let leader = set.wait_leader(&[])?;
+    let owner = (0..3).find(|i| *i != leader).context("owner")?;
+    let peer = (0..3)
+        .find(|i| *i != leader && *i != owner)
+        .context("peer")?;
     let mut recording = HEADER.as_bytes().to_vec();
-    let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
+    let (mut upload, _) = resumable(&set.members[owner].ingest, id, None)?;
     upload.send(HEADER.as_bytes())?;
     upload.wait_ack(recording.len() as u64)?;
-    set.members[2].node.as_mut().context("replica")?.kill9();
+    set.members[leader].node.as_mut().context("leader")?.kill9();
     for i in 0..200 {
         upload.send(line(i).as_bytes())?;
         recording.extend_from_slice(line(i).as_bytes());
     }
     upload.wait_ack(recording.len() as u64)?;
     upload.finish()?;
-    local_copy(&set, 1, id, "complete")?;
+    local_copy(&set, peer, id, "complete")?;
     std::thread::sleep(Duration::from_secs(17));
-    set.members[2].node = None;
-    set.start_member(2)?;
+    let entry = cluster_entry(&set, peer, id)?;
+    assert_eq!(entry["state"], "sealed", "{entry}");
+    assert_eq!(entry["owner"], set.members[owner].id, "{entry}");
+    set.members[leader].node = None;
+    set.start_member(leader)?;
     set.wait_leader(&[])?;
-    let node = set.members[2].node.as_ref().context("node")?;
-    assert_repaired_copy(node, id, &recording, 20)
+    let node = set.members[leader].node.as_ref().context("node")?;
+    assert_repaired_copy(node, id, &recording, 20)?;
+    for i in [owner, peer] {
+        let record = local_copy(&set, i, id, "complete")?;
+        assert_eq!(record["problem"], Value::Null, "node {}: {record}", i + 1);
+    }
+    Ok(())
+}
+
+/// An owner that seals a session while the set has no quorum, and stays without one for
+/// longer than it retries recording the end, leaves the session live in Raft. Once the
+/// set is whole again the sweeper finds the owner's sealed recording and records that
+/// end: the session is `sealed`, at its epoch, complete everywhere, not adopted and cut.
+#[test]
+fn a_session_sealed_without_quorum_is_recorded_as_its_owner_ended_it() -> Result<()> {
+    let set = Set::start(3, "orphan_timeout_ms = 2000")?;
+    let id = "sealed-alone";
+    let mut recording = HEADER.as_bytes().to_vec();
+    let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
+    upload.send(HEADER.as_bytes())?;
+    for i in 0..50 {
+        upload.send(line(i).as_bytes())?;
+        recording.extend_from_slice(line(i).as_bytes());
+    }
+    upload.wait_ack(recording.len() as u64)?;
+    let before = cluster_entry(&set, 0, id)?;
+    for i in [1, 2] {
+        set.members[i]
+            .node
+            .as_ref()
+            .context("node")?
+            .signal(libc::SIGSTOP);
+    }
+    upload.finish()?;
+    local_copy(&set, 0, id, "complete")?;
+    // Past the owner's retries (10 s) of the end.
+    std::thread::sleep(Duration::from_secs(13));
+    for i in [1, 2] {
+        set.members[i]
+            .node
+            .as_ref()
+            .context("node")?
+            .signal(libc::SIGCONT);
+    }
+    let entry = eventually(30, "the session's end in Raft", || {
+        let entry = cluster_entry(&set, 0, id)?;
+        Ok((entry["state"] != "live").then_some(entry))
+    })?;
+    assert_eq!(entry["state"], "sealed", "{entry}");
+    assert_eq!(entry["epoch"], before["epoch"], "{entry}");
+    assert_eq!(entry["owner"], before["owner"], "{entry}");
+    for i in 0..3 {
+        let record = local_copy(&set, i, id, "complete")?;
+        let node = set.members[i].node.as_ref().context("node")?;
+        assert_eq!(
+            sha256(&node.read_recording(&record)?),
+            sha256(&recording),
+            "node {}",
+            i + 1
+        );
+        assert!(
+            !node.log_text().contains("sealed an orphaned session"),
+            "node {} adopted a sealed session",
+            i + 1
+        );
+    }
+    let told = (0..3).any(|i| {
+        set.members[i].node.as_ref().is_some_and(|n| {
+            n.log_text()
+                .contains("recorded the end of a session its owner finished but never recorded")
+        })
+    });
+    assert!(told, "no sweeper recorded the owner's end");
+    Ok(())
 }
 
 /// A replica cut off (not restarted) while its session ends, for longer than the owner

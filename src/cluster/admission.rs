@@ -133,19 +133,63 @@ impl Admission for ClusterAdmission {
         orphaned: bool,
     ) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let state = match state {
-                _ if orphaned => ClusterSessionState::Orphaned,
-                SessionState::Complete | SessionState::Invalid => ClusterSessionState::Sealed,
-                SessionState::Aborted | SessionState::Live => ClusterSessionState::Aborted,
-            };
             let command = Command::EndSession {
                 id: id.clone(),
-                state,
+                state: cluster_end_state(state, orphaned),
                 epoch,
             };
-            if let Err(e) = self.member.propose(command).await {
-                tracing::warn!(%id, error = %e, "could not record the session's end in the recorder set");
+            // Most ends are recorded at once. One that meets an election (the leader
+            // died with the session's last bytes) is retried in the background, so that
+            // neither the client's last answer waits for the election nor the recording
+            // is left live in Raft for the orphan sweeper to seal as cut.
+            if let Err(e) = self.member.propose(command.clone()).await {
+                tracing::info!(%id, error = %e, "the session's end is not recorded yet; retrying");
+                let member = self.member.clone();
+                self.tracker.spawn(record_end(member, id, command));
             }
         })
+    }
+}
+
+/// How long an owner keeps trying to record a session's end in the recorder set. An
+/// election takes a few election timeouts (about 2 s with the defaults); past this the
+/// orphan sweeper of a replica records the end from the owner's finished copy.
+const END_PATIENCE: Duration = Duration::from_secs(10);
+/// First wait between two tries; doubles up to [`END_RETRY_MAX`].
+const END_RETRY_FIRST: Duration = Duration::from_millis(100);
+const END_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The state Raft records for a session that ended here as `state`.
+pub fn cluster_end_state(state: SessionState, orphaned: bool) -> ClusterSessionState {
+    match state {
+        _ if orphaned => ClusterSessionState::Orphaned,
+        SessionState::Complete | SessionState::Invalid => ClusterSessionState::Sealed,
+        SessionState::Aborted | SessionState::Live => ClusterSessionState::Aborted,
+    }
+}
+
+/// Retries `command` (an `EndSession`) until Raft answers, for at most [`END_PATIENCE`].
+/// A refusal (a takeover moved the epoch on, or someone recorded another end) is an
+/// answer too: the end is then someone else's to record.
+async fn record_end(member: Arc<Member>, id: String, command: Command) {
+    let deadline = Instant::now() + END_PATIENCE;
+    let mut wait = END_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(wait).await;
+        match member.propose(command.clone()).await {
+            Ok(CommandResponse::Rejected { reason }) => {
+                tracing::info!(%id, %reason, "the session's end was refused; leaving it");
+                return;
+            }
+            Ok(_) => {
+                tracing::info!(%id, "recorded the session's end after a retry");
+                return;
+            }
+            Err(e) if Instant::now() + wait >= deadline => {
+                tracing::warn!(%id, error = %e, "could not record the session's end in the recorder set");
+                return;
+            }
+            Err(_) => wait = (wait * 2).min(END_RETRY_MAX),
+        }
     }
 }

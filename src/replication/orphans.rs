@@ -6,6 +6,11 @@
 //! settles any race anyway) and sealed at the longest durable prefix of a majority, with
 //! the cluster state `orphaned`. A session this node owns but no longer streams (it
 //! restarted) is adopted the same way.
+//!
+//! Before adopting, it asks the owner (or itself, as the owner) whether it sealed the
+//! recording: an owner whose clean end could not reach Raft (an election or a lost quorum
+//! outlasted its retries) holds a `complete` or `invalid` recording that every replica got
+//! the seal of. Its end is then recorded as it was, not sealed a second time as cut.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +19,13 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::copies::Copies;
+use super::repair::read_finished;
+use crate::cluster::admission::cluster_end_state;
 use crate::cluster::member::Member;
-use crate::cluster::types::ClusterSessionState;
+use crate::cluster::network::{ClusterRequest, ClusterResponse};
+use crate::cluster::types::{ClusterSessionState, Command, CommandResponse, NodeId};
 use crate::session::SessionManager;
+use crate::storage::index::SessionState;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Extra wait per position in the replica set, so the first survivor usually goes alone.
@@ -39,7 +48,7 @@ pub async fn sweep(
         let seen = observe(&member, &copies, &sessions);
         for (id, epoch) in suspicions.due(Instant::now(), seen) {
             // This node's view (no replication stream) is not proof: ask the owner itself.
-            match owner_view(&member, &id).await {
+            match owner_view(&member, &copies, &id).await {
                 OwnerView::Streams => {
                     suspicions.cleared(&id);
                     continue;
@@ -47,6 +56,11 @@ pub async fn sweep(
                 // A busy (or frozen) owner: ask again at the next sweep, and only give up
                 // on it after a long silence.
                 OwnerView::NoAnswer if !suspicions.long_silent(&id, Instant::now()) => continue,
+                OwnerView::Finished(state) => {
+                    record_owners_end(&member, &id, epoch, state).await;
+                    suspicions.cleared(&id);
+                    continue;
+                }
                 OwnerView::Gone | OwnerView::NoAnswer => {}
             }
             // The owner check took time: a client may have resumed the session meanwhile
@@ -178,17 +192,30 @@ const OWNER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 enum OwnerView {
     /// The owner answered and streams it.
     Streams,
-    /// The owner is this node, not a member, refuses connections, or doesn't stream it.
+    /// The owner is not a member, refuses connections, or neither streams nor sealed it
+    /// (for this node as the owner: a restart cut it).
     Gone,
     /// The owner didn't answer in time.
     NoAnswer,
+    /// The owner (maybe this node) sealed the recording, in this state: the session ended
+    /// there but its end never reached Raft (no quorum until the owner gave up, or the
+    /// owner stopped first). Raft gets that end, not a second seal by an adopter.
+    Finished(SessionState),
 }
 
-async fn owner_view(member: &Member, id: &str) -> OwnerView {
-    let owner = member.state.read(|s| s.session(id).map(|e| e.owner));
-    let Some(owner) = owner.filter(|o| *o != member.id) else {
+async fn owner_view(member: &Member, copies: &Copies, id: &str) -> OwnerView {
+    let Some(owner) = member.state.read(|s| s.session(id).map(|e| e.owner)) else {
         return OwnerView::Gone;
     };
+    if owner == member.id {
+        // This node owns it and does not stream it (the sweep checked): it sealed it
+        // here, or a restart cut it.
+        let local = read_finished(copies.storage(), id, 0, 0).await;
+        return match local.ok().and_then(|chunk| sealed(chunk.state)) {
+            Some(state) => OwnerView::Finished(state),
+            None => OwnerView::Gone,
+        };
+    }
     let Some(addr) = member.members().get(&owner).map(|n| n.ingest_addr.clone()) else {
         return OwnerView::Gone;
     };
@@ -198,8 +225,55 @@ async fn owner_view(member: &Member, id: &str) -> OwnerView {
             tracing::debug!(%id, owner, "owner still streams the session; not an orphan");
             OwnerView::Streams
         }
-        Ok(_) => OwnerView::Gone,
+        Ok(Ok(_)) => match owner_finished(member, owner, id).await {
+            Some(state) => OwnerView::Finished(state),
+            None => OwnerView::Gone,
+        },
+        Ok(Err(_)) => OwnerView::Gone,
         Err(_) => OwnerView::NoAnswer,
+    }
+}
+
+/// The state of the owner's copy of `id` if the owner sealed it there (asked like a late
+/// copy's repair asks a peer, for no bytes). Only a sealed end counts ([`sealed`]): an
+/// `aborted` copy on the owner is a cut stream the owner left live for the client to
+/// resume, which is the sweeper's to seal.
+async fn owner_finished(member: &Member, owner: NodeId, id: &str) -> Option<SessionState> {
+    let addr = member.members().get(&owner)?.cluster_addr.clone();
+    let request = ClusterRequest::ReadFinished {
+        session: id.to_string(),
+        from: 0,
+        max: 0,
+    };
+    match member
+        .call(owner, &addr, &request, OWNER_CHECK_TIMEOUT)
+        .await
+    {
+        Ok(ClusterResponse::Finished(Ok(chunk))) => sealed(chunk.state),
+        _ => None,
+    }
+}
+
+/// `state` if it is one a session is sealed in by its own owner.
+fn sealed(state: SessionState) -> Option<SessionState> {
+    matches!(state, SessionState::Complete | SessionState::Invalid).then_some(state)
+}
+
+/// Records in Raft the end the owner gave the session, at the epoch it was judged at (a
+/// takeover or a resume since then makes Raft refuse it).
+async fn record_owners_end(member: &Member, id: &str, epoch: u64, state: SessionState) {
+    let command = Command::EndSession {
+        id: id.to_string(),
+        state: cluster_end_state(state, false),
+        epoch,
+    };
+    match member.propose(command).await {
+        Ok(CommandResponse::Rejected { reason }) => {
+            tracing::info!(%id, %reason, "the owner's end of a silent session was refused");
+        }
+        Ok(_) => tracing::warn!(%id, state = state.as_str(),
+            "recorded the end of a session its owner finished but never recorded"),
+        Err(e) => tracing::info!(%id, error = %e, "could not record the owner's end yet"),
     }
 }
 
