@@ -488,23 +488,27 @@ fn a_replica_cut_off_when_its_session_ended_completes_its_open_copy_without_a_re
 {
     let set = Set::start(3, "")?;
     let id = "stranded-replica";
+    // The replica cut off is the leader, so the session also ends during an election.
+    let cut = set.wait_leader(&[])?;
+    let owner = (0..3).find(|i| *i != cut).context("owner")?;
+    let peer = (0..3).find(|i| *i != cut && *i != owner).context("peer")?;
     let mut recording = HEADER.as_bytes().to_vec();
-    let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
+    let (mut upload, _) = resumable(&set.members[owner].ingest, id, None)?;
     upload.send(HEADER.as_bytes())?;
     upload.wait_ack(recording.len() as u64)?;
     // The replica has its copy open (the header is durable on all three) when it is cut off.
-    local_copy(&set, 2, id, "live")?;
-    let partition = Partition::isolate(&set.members[2].cluster)?;
+    local_copy(&set, cut, id, "live")?;
+    let partition = Partition::isolate(&set.members[cut].cluster)?;
     for i in 0..200 {
         upload.send(line(i).as_bytes())?;
         recording.extend_from_slice(line(i).as_bytes());
     }
     upload.wait_ack(recording.len() as u64)?;
     upload.finish()?;
-    local_copy(&set, 1, id, "complete")?;
+    local_copy(&set, peer, id, "complete")?;
     std::thread::sleep(Duration::from_secs(17));
     drop(partition);
-    let replica = set.members[2].node.as_ref().context("replica")?;
+    let replica = set.members[cut].node.as_ref().context("replica")?;
     assert_repaired_copy(replica, id, &recording, 60)
 }
 
