@@ -65,6 +65,11 @@ pub const STALE_WRITES_REFUSED: &str = "quorumcast_replication_stale_epoch_refus
 pub const TAKEOVERS: &str = "quorumcast_takeovers_total";
 /// Counter: copies of ended sessions this node completed from a peer after being away.
 pub const COPIES_REPAIRED: &str = "quorumcast_copies_repaired_total";
+/// Counter: session ends that did not reach Raft on the owner's first try, by `outcome`:
+/// `retried` (a retry recorded it), `refused` (Raft refused it: someone else ended it),
+/// `gave_up` (no quorum for as long as the owner retries), `from_owner` (this node's
+/// sweeper recorded the end an owner had sealed but never recorded).
+pub const SESSION_ENDS_LATE: &str = "quorumcast_session_ends_late_total";
 /// Gauge: largest UDP payload the QUIC path to `peer` currently carries (outgoing
 /// connections only), bytes.
 pub const QUIC_PATH_MTU: &str = "quorumcast_quic_path_mtu_bytes";
@@ -190,6 +195,10 @@ fn describe() {
     describe_counter!(
         COPIES_REPAIRED,
         "Copies of ended sessions completed from a peer after this node was away"
+    );
+    describe_counter!(
+        SESSION_ENDS_LATE,
+        "Session ends that missed Raft on the owner's first try, by outcome"
     );
     describe_gauge!(
         QUIC_PATH_MTU,

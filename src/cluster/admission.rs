@@ -168,7 +168,8 @@ pub fn cluster_end_state(state: SessionState, orphaned: bool) -> ClusterSessionS
     }
 }
 
-/// Retries `command` (an `EndSession`) until Raft answers, for at most [`END_PATIENCE`].
+/// Retries `command` (an `EndSession`) until Raft answers, for at most [`END_PATIENCE`]
+/// in all (a try in flight at the deadline is abandoned).
 /// A refusal (a takeover moved the epoch on, or someone recorded another end) is an
 /// answer too: the end is then someone else's to record.
 async fn record_end(member: Arc<Member>, id: String, command: Command) {
@@ -176,20 +177,32 @@ async fn record_end(member: Arc<Member>, id: String, command: Command) {
     let mut wait = END_RETRY_FIRST;
     loop {
         tokio::time::sleep(wait).await;
-        match member.propose(command.clone()).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = tokio::time::timeout(left, member.propose(command.clone()))
+            .await
+            .unwrap_or_else(|_| Err(ClusterError::NoQuorum("out of patience".into())));
+        match answer {
             Ok(CommandResponse::Rejected { reason }) => {
+                late_end("refused");
                 tracing::info!(%id, %reason, "the session's end was refused; leaving it");
                 return;
             }
             Ok(_) => {
+                late_end("retried");
                 tracing::info!(%id, "recorded the session's end after a retry");
                 return;
             }
             Err(e) if Instant::now() + wait >= deadline => {
+                late_end("gave_up");
                 tracing::warn!(%id, error = %e, "could not record the session's end in the recorder set");
                 return;
             }
             Err(_) => wait = (wait * 2).min(END_RETRY_MAX),
         }
     }
+}
+
+/// Counts one session end that missed Raft on the owner's first try.
+pub fn late_end(outcome: &'static str) {
+    metrics::counter!(m::SESSION_ENDS_LATE, "outcome" => outcome).increment(1);
 }

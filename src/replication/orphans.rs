@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::copies::Copies;
 use super::repair::read_finished;
-use crate::cluster::admission::cluster_end_state;
+use crate::cluster::admission::{cluster_end_state, late_end};
 use crate::cluster::member::Member;
 use crate::cluster::network::{ClusterRequest, ClusterResponse};
 use crate::cluster::types::{ClusterSessionState, Command, CommandResponse, NodeId};
@@ -271,8 +271,11 @@ async fn record_owners_end(member: &Member, id: &str, epoch: u64, state: Session
         Ok(CommandResponse::Rejected { reason }) => {
             tracing::info!(%id, %reason, "the owner's end of a silent session was refused");
         }
-        Ok(_) => tracing::warn!(%id, state = state.as_str(),
-            "recorded the end of a session its owner finished but never recorded"),
+        Ok(_) => {
+            late_end("from_owner");
+            tracing::warn!(%id, state = state.as_str(),
+                "recorded the end of a session its owner finished but never recorded");
+        }
         Err(e) => tracing::info!(%id, error = %e, "could not record the owner's end yet"),
     }
 }
