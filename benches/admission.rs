@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
-use common::host::{git_commit, loadavg};
+use common::host::{git_commit, loadavg, mark_mass_deletion, settle_after_mass_deletion};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -98,6 +98,9 @@ usage: cargo bench --bench admission [-- OPTIONS]
   --interval-ms N       each client starts an admission at most every N ms (default 0:
                         back to back), for both systems: latency at a fixed offered rate
   --keep                keep the temp dir (configs, data, node and etcd logs) at the end
+  --no-settle           don't wait for the files an earlier run deleted under --dir-root
+                        to stop slowing down file creation (up to 300 s after that run
+                        on ext4 without a journal; see INODE_REUSE_WAIT)
   --node-bin PATH       run this quorumcast binary instead of the one cargo built (A/B runs)";
 
 #[derive(Debug, Clone)]
@@ -112,6 +115,9 @@ struct Options {
     /// Least time between the starts of one client's admissions (zero: back to back).
     interval: Duration,
     keep: bool,
+    /// Wait, before the run, until the files an earlier run deleted no longer slow down
+    /// file creation (`common::host::INODE_REUSE_WAIT`); `--no-settle` turns it off.
+    settle: bool,
     /// The binary the set runs (a copy of it): cargo's build unless `--node-bin`.
     node_bin: PathBuf,
 }
@@ -128,6 +134,7 @@ impl Options {
             client_threads: 1,
             interval: Duration::ZERO,
             keep: false,
+            settle: true,
             node_bin: PathBuf::from(BUILT_BIN),
         };
         let mut args = std::env::args().skip(1);
@@ -158,6 +165,7 @@ impl Options {
                 "--client-threads" => o.client_threads = value()?.parse()?,
                 "--interval-ms" => o.interval = Duration::from_millis(value()?.parse()?),
                 "--keep" => o.keep = true,
+                "--no-settle" => o.settle = false,
                 "--node-bin" => o.node_bin = PathBuf::from(value()?),
                 "--help" | "-h" => {
                     println!("{USAGE}");
@@ -214,6 +222,11 @@ async fn run(o: Options) -> Result<()> {
         "RECORDING_LEN is stale"
     );
     let etcd_version = etcd_version()?;
+    let settled = if o.settle {
+        settle_after_mass_deletion(&o.dir_root)
+    } else {
+        Duration::ZERO
+    };
     // Declared first, dropped last: processes are killed before their directories go.
     let work = tempfile::Builder::new()
         .prefix("qc-admission-")
@@ -222,7 +235,7 @@ async fn run(o: Options) -> Result<()> {
     let root = work.path().to_path_buf();
     let bin = root.join("quorumcast");
     std::fs::copy(&o.node_bin, &bin).with_context(|| format!("copy {}", o.node_bin.display()))?;
-    print_setup(&o, &root, &etcd_version)?;
+    print_setup(&o, &root, &etcd_version, settled)?;
 
     let mut qc = QcSet::start(&root, bin, &o)?;
     progress(&format!(
@@ -251,6 +264,9 @@ async fn run(o: Options) -> Result<()> {
     print_report(&o, &levels, &copies, &kills, &warnings);
     if o.keep {
         println!("kept {}", work.keep().display());
+    } else {
+        work.close().context("remove the temp dir")?;
+        mark_mass_deletion(&o.dir_root);
     }
     Ok(())
 }
@@ -1747,7 +1763,7 @@ fn command_output(program: &str, args: &[&str]) -> String {
 // Report
 // ---------------------------------------------------------------------------------------
 
-fn print_setup(o: &Options, root: &Path, etcd_version: &str) -> Result<()> {
+fn print_setup(o: &Options, root: &Path, etcd_version: &str, settled: Duration) -> Result<()> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -1770,8 +1786,11 @@ fn print_setup(o: &Options, root: &Path, etcd_version: &str) -> Result<()> {
         command_output("uname", &["-r"])
     );
     println!(
-        "  data        {} ({fs}): node dst + statedir, etcd data dirs",
-        root.display()
+        "  data        {} ({fs}): node dst + statedir, etcd data dirs; waited {} s for an \
+         earlier run's deleted files{}",
+        root.display(),
+        settled.as_secs(),
+        if o.settle { "" } else { " (--no-settle)" }
     );
     println!(
         "  quorumcast  3 nodes on loopback, {} ({}, run as a copy), \
