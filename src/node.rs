@@ -82,6 +82,7 @@ pub async fn run(
         Some(member) => Arc::new(ClusterAdmission {
             member: member.clone(),
             tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
         }),
         None => Arc::new(crate::session::Standalone),
     };

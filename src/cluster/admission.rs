@@ -23,6 +23,7 @@ use crate::session::{
     Admission, Claim, ClaimRequest, Refusal, ReplicateRequest, Replicator, TakenOver,
 };
 use crate::storage::index::SessionState;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A claim that takes longer than this is refused: the client has other recorders to try.
@@ -32,6 +33,9 @@ pub struct ClusterAdmission {
     pub member: Arc<Member>,
     /// Replication senders run here so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Stops the retries of a session's end ([`record_end`]): the node's own sweeper
+    /// records that end after a restart, from the sealed recording.
+    pub shutdown: CancellationToken,
 }
 
 impl Admission for ClusterAdmission {
@@ -145,7 +149,12 @@ impl Admission for ClusterAdmission {
             if let Err(e) = self.member.propose(command.clone()).await {
                 tracing::info!(%id, error = %e, "the session's end is not recorded yet; retrying");
                 let member = self.member.clone();
-                self.tracker.spawn(record_end(member, id, command));
+                let shutdown = self.shutdown.clone();
+                self.tracker.spawn(async move {
+                    shutdown
+                        .run_until_cancelled(record_end(member, id, command))
+                        .await
+                });
             }
         })
     }

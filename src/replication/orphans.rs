@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::copies::Copies;
-use super::repair::read_finished;
+use super::repair::{read_finished, FinishedChunk, RepairError};
 use crate::cluster::admission::{cluster_end_state, late_end};
 use crate::cluster::member::Member;
 use crate::cluster::network::{ClusterRequest, ClusterResponse};
@@ -48,7 +48,7 @@ pub async fn sweep(
         let seen = observe(&member, &copies, &sessions);
         for (id, epoch) in suspicions.due(Instant::now(), seen) {
             // This node's view (no replication stream) is not proof: ask the owner itself.
-            match owner_view(&member, &copies, &id).await {
+            match owner_view(&member, &copies, &id, epoch).await {
                 OwnerView::Streams => {
                     suspicions.cleared(&id);
                     continue;
@@ -57,7 +57,10 @@ pub async fn sweep(
                 // on it after a long silence.
                 OwnerView::NoAnswer if !suspicions.long_silent(&id, Instant::now()) => continue,
                 OwnerView::Finished(state) => {
-                    record_owners_end(&member, &id, epoch, state).await;
+                    // The owner's own retry may have recorded it meanwhile.
+                    if still_orphan(&member, &sessions, &id, epoch) {
+                        record_owners_end(&member, &id, epoch, state).await;
+                    }
                     suspicions.cleared(&id);
                     continue;
                 }
@@ -203,17 +206,18 @@ enum OwnerView {
     Finished(SessionState),
 }
 
-async fn owner_view(member: &Member, copies: &Copies, id: &str) -> OwnerView {
+async fn owner_view(member: &Member, copies: &Copies, id: &str, epoch: u64) -> OwnerView {
     let Some(owner) = member.state.read(|s| s.session(id).map(|e| e.owner)) else {
         return OwnerView::Gone;
     };
     if owner == member.id {
         // This node owns it and does not stream it (the sweep checked): it sealed it
         // here, or a restart cut it.
-        let local = read_finished(copies.storage(), id, 0, 0).await;
-        return match local.ok().and_then(|chunk| sealed(chunk.state)) {
-            Some(state) => OwnerView::Finished(state),
-            None => OwnerView::Gone,
+        return match read_finished(copies.storage(), id, 0, 0).await {
+            Ok(chunk) => sealed_at(&chunk, epoch).map_or(OwnerView::Gone, OwnerView::Finished),
+            Err(RepairError::NotFinished(_)) => OwnerView::Gone,
+            // This node's own storage trouble: judge again at the next sweep.
+            Err(_) => OwnerView::NoAnswer,
         };
     }
     let Some(addr) = member.members().get(&owner).map(|n| n.ingest_addr.clone()) else {
@@ -225,21 +229,21 @@ async fn owner_view(member: &Member, copies: &Copies, id: &str) -> OwnerView {
             tracing::debug!(%id, owner, "owner still streams the session; not an orphan");
             OwnerView::Streams
         }
-        Ok(Ok(_)) => match owner_finished(member, owner, id).await {
-            Some(state) => OwnerView::Finished(state),
-            None => OwnerView::Gone,
-        },
+        Ok(Ok(_)) => owner_finished(member, owner, id, epoch).await,
         Ok(Err(_)) => OwnerView::Gone,
         Err(_) => OwnerView::NoAnswer,
     }
 }
 
-/// The state of the owner's copy of `id` if the owner sealed it there (asked like a late
-/// copy's repair asks a peer, for no bytes). Only a sealed end counts ([`sealed`]): an
-/// `aborted` copy on the owner is a cut stream the owner left live for the client to
-/// resume, which is the sweeper's to seal.
-async fn owner_finished(member: &Member, owner: NodeId, id: &str) -> Option<SessionState> {
-    let addr = member.members().get(&owner)?.cluster_addr.clone();
+/// Whether the owner sealed `id` at `epoch` (asked like a late copy's repair asks a peer,
+/// for no bytes). Only a sealed end counts ([`sealed_at`]): an `aborted` copy on the owner
+/// is a cut stream the owner left live for the client to resume, which is the sweeper's to
+/// seal. A call that fails is no answer, not a verdict: right after a partition heals the
+/// first calls may fail while connections are redialled.
+async fn owner_finished(member: &Member, owner: NodeId, id: &str, epoch: u64) -> OwnerView {
+    let Some(addr) = member.members().get(&owner).map(|n| n.cluster_addr.clone()) else {
+        return OwnerView::Gone;
+    };
     let request = ClusterRequest::ReadFinished {
         session: id.to_string(),
         from: 0,
@@ -249,14 +253,18 @@ async fn owner_finished(member: &Member, owner: NodeId, id: &str) -> Option<Sess
         .call(owner, &addr, &request, OWNER_CHECK_TIMEOUT)
         .await
     {
-        Ok(ClusterResponse::Finished(Ok(chunk))) => sealed(chunk.state),
-        _ => None,
+        Ok(ClusterResponse::Finished(Ok(chunk))) => {
+            sealed_at(&chunk, epoch).map_or(OwnerView::Gone, OwnerView::Finished)
+        }
+        Ok(ClusterResponse::Finished(Err(_))) => OwnerView::Gone,
+        Ok(_) | Err(_) => OwnerView::NoAnswer,
     }
 }
 
-/// `state` if it is one a session is sealed in by its own owner.
-fn sealed(state: SessionState) -> Option<SessionState> {
-    matches!(state, SessionState::Complete | SessionState::Invalid).then_some(state)
+/// The chunk's state if it is one a session is sealed in by its own owner, at `epoch`.
+fn sealed_at(chunk: &FinishedChunk, epoch: u64) -> Option<SessionState> {
+    let sealed = matches!(chunk.state, SessionState::Complete | SessionState::Invalid);
+    (sealed && chunk.epoch == epoch).then_some(chunk.state)
 }
 
 /// Records in Raft the end the owner gave the session, at the epoch it was judged at (a
@@ -376,6 +384,26 @@ mod tests {
         assert!(s.long_silent("s", t0 + secs(90)));
         s.cleared("s");
         assert!(!s.long_silent("s", t0 + secs(90)));
+    }
+
+    #[test]
+    fn only_an_owners_seal_at_the_judged_epoch_is_its_end() {
+        let chunk = |state, epoch| FinishedChunk {
+            bytes: Vec::new(),
+            len: 10,
+            state,
+            problem: None,
+            epoch,
+        };
+        let complete = SessionState::Complete;
+        assert_eq!(sealed_at(&chunk(complete, 2), 2), Some(complete));
+        let invalid = SessionState::Invalid;
+        assert_eq!(sealed_at(&chunk(invalid, 2), 2), Some(invalid));
+        // Sealed at another epoch: someone took the session over since.
+        assert_eq!(sealed_at(&chunk(complete, 1), 2), None);
+        // A cut stream the owner left for the client to resume is the sweeper's to seal.
+        assert_eq!(sealed_at(&chunk(SessionState::Aborted, 2), 2), None);
+        assert_eq!(sealed_at(&chunk(SessionState::Live, 2), 2), None);
     }
 
     #[test]

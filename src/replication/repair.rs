@@ -93,6 +93,11 @@ pub struct FinishedChunk {
     pub len: u64,
     pub state: SessionState,
     pub problem: Option<Problem>,
+    /// The epoch the peer's record was finished at: the orphan sweeper records an owner's
+    /// end only at the epoch it judged. (Added after `6f795ad`: a node of that build
+    /// cannot decode this answer, nor a node of this one its answer, so repairs and
+    /// sweeps between such nodes fail until both run one build, which they retry.)
+    pub epoch: u64,
 }
 
 /// Whether this node's record says its copy is whole: ended by a seal (or by its own
@@ -119,7 +124,17 @@ pub async fn read_finished(
         .ok_or_else(|| RepairError::NotFinished(session.to_string()))?;
     let want = record.bytes.saturating_sub(from).min(u64::from(max)) as usize;
     let bytes = storage.read_recording(&record.path, from, want).await?;
-    if bytes.len() < want {
+    // A probe for no bytes (the orphan sweeper's) still checks that the file holds what
+    // its record says.
+    let last = record.bytes.checked_sub(1).filter(|_| want == 0);
+    let short = match last {
+        Some(at) => storage
+            .read_recording(&record.path, at, 1)
+            .await?
+            .is_empty(),
+        None => bytes.len() < want,
+    };
+    if short {
         return Err(RepairError::NotFinished(format!(
             "{session}: the file is shorter than its record's {} bytes",
             record.bytes
@@ -130,6 +145,7 @@ pub async fn read_finished(
         len: record.bytes,
         state: record.state,
         problem: record.problem,
+        epoch: record.epoch,
     })
 }
 
@@ -533,6 +549,30 @@ mod tests {
         assert!(end.bytes.is_empty());
         assert!(matches!(
             read_finished(&storage, "nope", 0, 1).await,
+            Err(RepairError::NotFinished(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_probe_for_no_bytes_still_checks_the_file_holds_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage =
+            Storage::open(&dir.path().join("dst"), &dir.path().join("state")).expect("storage");
+        std::fs::create_dir_all(dir.path().join("dst/n")).expect("dir");
+        let body = b"{\"version\":2}\n".to_vec();
+        std::fs::write(dir.path().join("dst/n/s.cast"), &body).expect("write");
+        let mut r = record(SessionState::Complete, None);
+        r.bytes = body.len() as u64;
+        r.epoch = 3;
+        storage.put_record(r.clone()).await.expect("put");
+        let probe = read_finished(&storage, "s", 0, 0).await.expect("probe");
+        assert!(probe.bytes.is_empty());
+        assert_eq!((probe.len, probe.epoch), (body.len() as u64, 3));
+        // The record says more than the file holds (a crash between the two).
+        r.bytes += 1;
+        storage.put_record(r).await.expect("put");
+        assert!(matches!(
+            read_finished(&storage, "s", 0, 0).await,
             Err(RepairError::NotFinished(_))
         ));
     }
