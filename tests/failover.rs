@@ -89,6 +89,23 @@ fn assert_repaired_copy(node: &Node, id: &str, recording: &[u8], secs: u64) -> R
     Ok(())
 }
 
+/// Every node holds `id` complete with exactly `recording`, and none adopted it as an
+/// orphan.
+fn assert_complete_everywhere_never_adopted(set: &Set, id: &str, recording: &[u8]) -> Result<()> {
+    for i in 0..set.members.len() {
+        let record = local_copy(set, i, id, "complete")?;
+        let node = set.members[i].node.as_ref().context("node")?;
+        let stored = node.read_recording(&record)?;
+        assert_eq!(sha256(&stored), sha256(recording), "node {}", i + 1);
+        assert!(
+            !node.log_text().contains("sealed an orphaned session"),
+            "node {} adopted the session",
+            i + 1
+        );
+    }
+    Ok(())
+}
+
 fn cluster_entry(set: &Set, i: usize, id: &str) -> Result<Value> {
     set.cluster_sessions(i)?
         .into_iter()
@@ -450,21 +467,7 @@ fn a_session_sealed_without_quorum_is_recorded_as_its_owner_ended_it() -> Result
     assert_eq!(entry["state"], "sealed", "{entry}");
     assert_eq!(entry["epoch"], before["epoch"], "{entry}");
     assert_eq!(entry["owner"], before["owner"], "{entry}");
-    for i in 0..3 {
-        let record = local_copy(&set, i, id, "complete")?;
-        let node = set.members[i].node.as_ref().context("node")?;
-        assert_eq!(
-            sha256(&node.read_recording(&record)?),
-            sha256(&recording),
-            "node {}",
-            i + 1
-        );
-        assert!(
-            !node.log_text().contains("sealed an orphaned session"),
-            "node {} adopted a sealed session",
-            i + 1
-        );
-    }
+    assert_complete_everywhere_never_adopted(&set, id, &recording)?;
     let late = |i: usize, outcome: &str| -> Result<bool> {
         let node = set.members[i].node.as_ref().context("node")?;
         let text = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
@@ -634,21 +637,7 @@ fn a_restarted_replica_leaves_a_live_session_to_its_owner() -> Result<()> {
     assert_eq!(after["owner"], before["owner"], "{after}");
     assert_eq!(after["epoch"], before["epoch"], "{after}");
     upload.finish()?;
-    for i in 0..3 {
-        let record = local_copy(&set, i, &id, "complete")?;
-        let node = set.members[i].node.as_ref().context("node")?;
-        assert_eq!(
-            sha256(&node.read_recording(&record)?),
-            sha256(&sent),
-            "node {}",
-            i + 1
-        );
-        assert!(
-            !node.log_text().contains("sealed an orphaned session"),
-            "node {} adopted a live session",
-            i + 1
-        );
-    }
+    assert_complete_everywhere_never_adopted(&set, &id, &sent)?;
     Ok(())
 }
 
