@@ -106,6 +106,27 @@ fn assert_complete_everywhere_never_adopted(set: &Set, id: &str, recording: &[u8
     Ok(())
 }
 
+/// Sends lines `lines` (appending them to `sent`, the client's copy) and waits until all
+/// of `sent` is acked; returns the ack.
+fn send_acked(
+    upload: &mut H2Upload,
+    sent: &mut Vec<u8>,
+    lines: std::ops::Range<usize>,
+) -> Result<u64> {
+    for i in lines {
+        upload.send(line(i).as_bytes())?;
+        sent.extend_from_slice(line(i).as_bytes());
+    }
+    upload.wait_ack(sent.len() as u64)
+}
+
+fn signal_members(set: &Set, members: &[usize], signal: i32) -> Result<()> {
+    for &i in members {
+        set.members[i].node.as_ref().context("node")?.signal(signal);
+    }
+    Ok(())
+}
+
 fn cluster_entry(set: &Set, i: usize, id: &str) -> Result<Value> {
     set.cluster_sessions(i)?
         .into_iter()
@@ -242,11 +263,7 @@ fn replication_discovers_large_datagrams_on_loopback_and_exports_the_path() -> R
     let mut upload = H2Upload::v2(node)?;
     let mut sent = HEADER.as_bytes().to_vec();
     upload.send(HEADER.as_bytes())?;
-    for i in 0..3000 {
-        upload.send(line(i).as_bytes())?;
-        sent.extend_from_slice(line(i).as_bytes());
-    }
-    upload.wait_ack(sent.len() as u64)?;
+    send_acked(&mut upload, &mut sent, 0..3000)?;
     let mtus = eventually(10, "path MTUs of both replicas above 6500", || {
         let metrics = String::from_utf8(
             curl(&["-s", &format!("http://{}/metrics", set.members[0].ingest)])?.stdout,
@@ -356,20 +373,12 @@ fn a_replica_dying_does_not_stop_the_session() -> Result<()> {
     upload.send(HEADER.as_bytes())?;
     upload.wait_ack(recording.len() as u64)?;
     set.members[2].node.as_mut().context("replica")?.kill9();
-    for i in 0..100 {
-        upload.send(line(i).as_bytes())?;
-        recording.extend_from_slice(line(i).as_bytes());
-    }
-    upload.wait_ack(recording.len() as u64)?;
+    send_acked(&mut upload, &mut recording, 0..100)?;
     // The dead replica comes back mid-session and catches up from the owner's file.
     set.members[2].node = None;
     set.start_member(2)?;
     set.wait_leader(&[])?;
-    for i in 100..120 {
-        upload.send(line(i).as_bytes())?;
-        recording.extend_from_slice(line(i).as_bytes());
-    }
-    upload.wait_ack(recording.len() as u64)?;
+    send_acked(&mut upload, &mut recording, 100..120)?;
     upload.finish()?;
     for i in [1, 2] {
         let record = local_copy(&set, i, id, "complete")?;
@@ -401,11 +410,7 @@ fn a_replica_away_when_its_session_ended_completes_its_copy_when_it_returns() ->
     upload.send(HEADER.as_bytes())?;
     upload.wait_ack(recording.len() as u64)?;
     set.members[leader].node.as_mut().context("leader")?.kill9();
-    for i in 0..200 {
-        upload.send(line(i).as_bytes())?;
-        recording.extend_from_slice(line(i).as_bytes());
-    }
-    upload.wait_ack(recording.len() as u64)?;
+    send_acked(&mut upload, &mut recording, 0..200)?;
     upload.finish()?;
     local_copy(&set, peer, id, "complete")?;
     std::thread::sleep(Duration::from_secs(17));
@@ -435,31 +440,15 @@ fn a_session_sealed_without_quorum_is_recorded_as_its_owner_ended_it() -> Result
     let mut recording = HEADER.as_bytes().to_vec();
     let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
     upload.send(HEADER.as_bytes())?;
-    for i in 0..50 {
-        upload.send(line(i).as_bytes())?;
-        recording.extend_from_slice(line(i).as_bytes());
-    }
-    upload.wait_ack(recording.len() as u64)?;
+    send_acked(&mut upload, &mut recording, 0..50)?;
     let before = cluster_entry(&set, 0, id)?;
-    for i in [1, 2] {
-        set.members[i]
-            .node
-            .as_ref()
-            .context("node")?
-            .signal(libc::SIGSTOP);
-    }
+    signal_members(&set, &[1, 2], libc::SIGSTOP)?;
     upload.finish()?;
     local_copy(&set, 0, id, "complete")?;
     // Past the owner's retries of the end (10 s from its first try's answer, which
     // `finish` waited for).
     std::thread::sleep(Duration::from_secs(13));
-    for i in [1, 2] {
-        set.members[i]
-            .node
-            .as_ref()
-            .context("node")?
-            .signal(libc::SIGCONT);
-    }
+    signal_members(&set, &[1, 2], libc::SIGCONT)?;
     let entry = eventually(30, "the session's end in Raft", || {
         let entry = cluster_entry(&set, 0, id)?;
         Ok((entry["state"] != "live").then_some(entry))
@@ -512,11 +501,7 @@ fn a_replica_cut_off_when_its_session_ended_completes_its_open_copy_without_a_re
     // The replica has its copy open (the header is durable on all three) when it is cut off.
     local_copy(&set, cut, id, "live")?;
     let partition = Partition::isolate(&set.members[cut].cluster)?;
-    for i in 0..200 {
-        upload.send(line(i).as_bytes())?;
-        recording.extend_from_slice(line(i).as_bytes());
-    }
-    upload.wait_ack(recording.len() as u64)?;
+    send_acked(&mut upload, &mut recording, 0..200)?;
     upload.finish()?;
     local_copy(&set, peer, id, "complete")?;
     std::thread::sleep(Duration::from_secs(17));
@@ -546,11 +531,7 @@ fn a_replica_that_never_heard_of_its_session_gets_the_whole_copy_once_back() -> 
     let mut recording = HEADER.as_bytes().to_vec();
     let (mut upload, _) = resumable(&set.members[0].ingest, id, None)?;
     upload.send(HEADER.as_bytes())?;
-    for i in 0..100 {
-        upload.send(line(i).as_bytes())?;
-        recording.extend_from_slice(line(i).as_bytes());
-    }
-    upload.wait_ack(recording.len() as u64)?;
+    send_acked(&mut upload, &mut recording, 0..100)?;
     upload.finish()?;
     let entry = cluster_entry(&set, 0, id)?;
     let replicas = entry["replicas"].as_array().context("replicas")?;
@@ -569,11 +550,7 @@ fn a_stock_upload_whose_node_dies_is_sealed_up_to_its_last_ack_on_a_survivor() -
     let mut upload = H2Upload::v2(set.members[0].node.as_ref().context("node")?)?;
     let mut sent = HEADER.as_bytes().to_vec();
     upload.send(HEADER.as_bytes())?;
-    for i in 0..50 {
-        upload.send(line(i).as_bytes())?;
-        sent.extend_from_slice(line(i).as_bytes());
-    }
-    let acked = upload.wait_ack(sent.len() as u64)?;
+    let acked = send_acked(&mut upload, &mut sent, 0..50)?;
     let id = set.cluster_sessions(1)?[0]["id"]
         .as_str()
         .context("id")?
