@@ -296,7 +296,7 @@ async fn bulk_rows(
         for row in rows.iter_mut() {
             let streams = row.streams;
             settle(work, o).await?;
-            let limit = sequential_limit(work, o.total_bytes).await?;
+            let limit = common::sequential_limit(work, o.total_bytes).await?;
             settle(work, o).await?;
             let ceiling = tcp_ceiling(work, o.total_bytes, o.chunk_bytes).await?;
             settle(work, o).await?;
@@ -342,25 +342,6 @@ async fn settle(dir: &Path, o: &Options) -> Result<()> {
         common::write_repeated(&mut file, &block, bytes)?;
         drop(file);
         std::fs::remove_file(&path).context("remove prime file")
-    })
-    .await?
-}
-
-/// The limit: `bytes` written by one thread to one new file in 64 KiB `write`s, then one
-/// `fdatasync`. Timed from creating the file to the end of the fdatasync.
-async fn sequential_limit(dir: &Path, bytes: u64) -> Result<Duration> {
-    let path = dir.join("limit.dat");
-    tokio::task::spawn_blocking(move || -> Result<Duration> {
-        let block: Vec<u8> = (0..64 * 1024)
-            .map(|i| b"0123456789abcdef[],\"o\"\n"[i % 23])
-            .collect();
-        let started = Instant::now();
-        let mut file = std::fs::File::create(&path).context("create limit file")?;
-        common::write_repeated(&mut file, &block, bytes)?;
-        file.sync_data()?;
-        let elapsed = started.elapsed();
-        std::fs::remove_file(&path)?;
-        Ok(elapsed)
     })
     .await?
 }

@@ -341,7 +341,7 @@ struct Goal {
 struct Factors {
     /// RF1, then RF3.
     results: Vec<FactorResult>,
-    /// The disk's sequential write limit, once per run (see [`sequential_limit`]).
+    /// The disk's sequential write limit, once per run (see [`common::sequential_limit`]).
     limits: Vec<Duration>,
 }
 
@@ -362,7 +362,7 @@ async fn compare_factors(set: &RecorderSet, corpus: &Arc<Corpus>, o: &Options) -
     let mut limits = Vec::new();
     for run in 0..o.runs {
         settle().await;
-        limits.push(sequential_limit(&set.root, o.total_bytes).await?);
+        limits.push(common::sequential_limit(&set.root, o.total_bytes).await?);
         for (slot, rf) in [1usize, 3].into_iter().enumerate() {
             set.set_replication_factor(rf).await?;
             settle().await;
@@ -389,26 +389,6 @@ async fn compare_factors(set: &RecorderSet, corpus: &Arc<Corpus>, o: &Options) -
         });
     }
     Ok(Factors { results, limits })
-}
-
-/// The disk's limit: `bytes` written by one thread to one new file in 64 KiB `write`s,
-/// then one `fdatasync`, on the file system of the nodes' data dirs. Timed from creating
-/// the file to the end of the fdatasync (as in benches/ingest.rs).
-async fn sequential_limit(dir: &Path, bytes: u64) -> Result<Duration> {
-    let path = dir.join("limit.dat");
-    tokio::task::spawn_blocking(move || -> Result<Duration> {
-        let block: Vec<u8> = (0..64 * 1024)
-            .map(|i| b"0123456789abcdef[],\"o\"\n"[i % 23])
-            .collect();
-        let started = Instant::now();
-        let mut file = std::fs::File::create(&path).context("create limit file")?;
-        common::write_repeated(&mut file, &block, bytes)?;
-        file.sync_data()?;
-        let elapsed = started.elapsed();
-        std::fs::remove_file(&path)?;
-        Ok(elapsed)
-    })
-    .await?
 }
 
 /// Before each measurement: write back what earlier ones left dirty, then let the disk rest.

@@ -19,3 +19,27 @@ pub fn write_repeated(
     }
     Ok(())
 }
+
+/// The disk's limit: `bytes` written by one thread to one new file in `dir` in 64 KiB
+/// `write`s, then one `fdatasync`. Timed from creating the file to the end of the
+/// fdatasync; the file is removed afterwards.
+pub async fn sequential_limit(
+    dir: &std::path::Path,
+    bytes: u64,
+) -> anyhow::Result<std::time::Duration> {
+    use anyhow::Context;
+    let path = dir.join("limit.dat");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<std::time::Duration> {
+        let block: Vec<u8> = (0..64 * 1024)
+            .map(|i| b"0123456789abcdef[],\"o\"\n"[i % 23])
+            .collect();
+        let started = std::time::Instant::now();
+        let mut file = std::fs::File::create(&path).context("create limit file")?;
+        write_repeated(&mut file, &block, bytes)?;
+        file.sync_data()?;
+        let elapsed = started.elapsed();
+        std::fs::remove_file(&path)?;
+        Ok(elapsed)
+    })
+    .await?
+}
