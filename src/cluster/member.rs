@@ -429,25 +429,14 @@ impl Member {
     /// Why this node can't take a session right now, checked without any I/O.
     pub fn quorum_problem(&self) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();
-        // After a minimum election timeout of silence the others may already have a new
-        // leader: stop taking sessions then, not later.
-        let patience = self.config.election_min;
-        match metrics.current_leader {
-            None => Some("no leader elected".into()),
-            Some(leader) if leader == self.id => match metrics.millis_since_quorum_ack {
-                Some(ms) if Duration::from_millis(ms) <= patience => None,
-                Some(ms) => Some(format!("leader has not heard from a quorum for {ms} ms")),
-                None => Some("leader has not heard from a quorum yet".into()),
-            },
-            Some(leader) => match self.leader_contact.since(leader) {
-                Some(d) if d <= patience => None,
-                Some(d) => Some(format!(
-                    "no word from leader {leader} for {} ms",
-                    d.as_millis()
-                )),
-                None => Some(format!("no word from leader {leader} yet")),
-            },
-        }
+        let silence = match metrics.current_leader {
+            None => return Some("no leader elected".into()),
+            Some(leader) if leader == self.id => {
+                LeaderSilence::Quorum(metrics.millis_since_quorum_ack.map(Duration::from_millis))
+            }
+            Some(leader) => LeaderSilence::Leader(leader, self.leader_contact.since(leader)),
+        };
+        silence.problem(self.config.election_max)
     }
 
     pub fn local_disk(&self) -> DiskState {
@@ -849,5 +838,69 @@ fn export_path_stats(stats: &[(NodeId, quinn::ConnectionStats)]) {
         metrics::counter!(m::QUIC_CONGESTION_EVENTS, "peer" => peer.clone())
             .absolute(path.congestion_events);
         metrics::counter!(m::QUIC_BLACK_HOLES, "peer" => peer).absolute(path.black_holes_detected);
+    }
+}
+
+/// How long the node's side of Raft has been quiet, as the fast refusal judges it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LeaderSilence {
+    /// This node leads: time since a quorum last acknowledged it (`None`: not yet).
+    Quorum(Option<Duration>),
+    /// Another node leads: time since this node last heard from it (`None`: not yet).
+    Leader(NodeId, Option<Duration>),
+}
+
+impl LeaderSilence {
+    /// A refusal reason once the silence is longer than `patience`.
+    ///
+    /// The patience is the *maximum* election timeout: only past it has every follower
+    /// that saw the same silence started an election. Refusing earlier (at the minimum,
+    /// as before) turned away sessions on followers that were merely starved of CPU (at
+    /// 2000 live sessions: "no word from leader 3 for 453 ms", with no election). Refusing
+    /// is only about speed: a claim on a node cut off from the leader can't commit either,
+    /// it just takes [`super::admission::CLAIM_TIMEOUT`] to say so.
+    fn problem(self, patience: Duration) -> Option<String> {
+        match self {
+            LeaderSilence::Quorum(Some(d)) | LeaderSilence::Leader(_, Some(d)) if d <= patience => {
+                None
+            }
+            LeaderSilence::Quorum(Some(d)) => Some(format!(
+                "leader has not heard from a quorum for {} ms",
+                d.as_millis()
+            )),
+            LeaderSilence::Quorum(None) => Some("leader has not heard from a quorum yet".into()),
+            LeaderSilence::Leader(leader, Some(d)) => Some(format!(
+                "no word from leader {leader} for {} ms",
+                d.as_millis()
+            )),
+            LeaderSilence::Leader(leader, None) => {
+                Some(format!("no word from leader {leader} yet"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_refusal_waits_out_the_longest_election_timeout() {
+        let patience = Duration::from_millis(750);
+        let ms = |n| Some(Duration::from_millis(n));
+        // Between the shortest and the longest election timeout a follower may still be
+        // in touch (its own timer has not fired): no refusal yet.
+        assert_eq!(LeaderSilence::Leader(3, ms(453)).problem(patience), None);
+        assert_eq!(LeaderSilence::Quorum(ms(750)).problem(patience), None);
+        let late = LeaderSilence::Leader(3, ms(751)).problem(patience);
+        assert_eq!(late.as_deref(), Some("no word from leader 3 for 751 ms"));
+        let alone = LeaderSilence::Quorum(ms(900)).problem(patience);
+        assert_eq!(
+            alone.as_deref(),
+            Some("leader has not heard from a quorum for 900 ms")
+        );
+        // Never heard at all: refused whatever the patience.
+        assert!(LeaderSilence::Leader(2, None).problem(patience).is_some());
+        assert!(LeaderSilence::Quorum(None).problem(patience).is_some());
     }
 }

@@ -12,7 +12,8 @@
 //!
 //! This module looks for all three, twice soon after start (Raft has to catch up first)
 //! and then every [`PASS_EVERY`]. For each, it reads the missing bytes from the other
-//! replicas (owner first) with [`ClusterRequest::ReadFinished`], appends them (through the
+//! replicas (owner first) that finished it at the session's last epoch, with
+//! [`ClusterRequest::ReadFinished`], appends them (through the
 //! open copy when there is one, so its fence and offset checks still hold against a late
 //! frame from the owner), makes them durable and marks the copy with the final state the
 //! peer holds.
@@ -108,6 +109,14 @@ fn is_finished(record: &SessionRecord) -> bool {
             .problem
             .as_ref()
             .is_none_or(|p| p.reason != STOPPED_WHILE_LIVE)
+}
+
+/// Whether this node's copy is the session's end: finished, at the epoch Raft ended it.
+/// A copy finished at an older epoch is an earlier owner's end of its own stream (this
+/// node owned the session, was replaced while cut off, and sealed what it had when its
+/// client left); it is completed from a peer like a cut one.
+fn is_final(record: &SessionRecord, epoch: u64) -> bool {
+    is_finished(record) && record.epoch >= epoch
 }
 
 /// The peer side: bytes `[from, from + max)` of a recording this node holds finished.
@@ -317,7 +326,7 @@ impl Repairs {
             return Ok(Look::Repaired(len));
         }
         let record = self.copies.storage().get_record(&entry.id).await?;
-        if record.as_ref().is_some_and(is_finished) {
+        if record.as_ref().is_some_and(|r| is_final(r, entry.epoch)) {
             return Ok(Look::Settled);
         }
         let len = repair_closed(&self.member, self.copies.storage(), entry, record).await?;
@@ -419,7 +428,7 @@ async fn fetch_from_peers(
         let Some(addr) = member.members().get(&peer).map(|n| n.cluster_addr.clone()) else {
             continue;
         };
-        match fetch_rest(member, peer, &addr, &entry.id, target).await {
+        match fetch_rest(member, peer, &addr, entry, target).await {
             Ok(end) => return Ok(end),
             // This node's own trouble, or a copy that no peer can fix: stop here.
             Err(
@@ -439,28 +448,62 @@ async fn fetch_rest(
     member: &Arc<Member>,
     peer: NodeId,
     addr: &str,
-    session: &str,
+    entry: &SessionEntry,
     target: &mut Target<'_>,
 ) -> Result<FinishedChunk, RepairError> {
     loop {
         let from = target.len();
-        let chunk = read_from(member, peer, addr, session, from).await?;
-        match from.cmp(&chunk.len) {
-            Ordering::Greater => {
-                return Err(RepairError::Longer {
-                    have: from,
-                    len: chunk.len,
-                })
-            }
-            Ordering::Equal => return Ok(chunk),
-            Ordering::Less if chunk.bytes.is_empty() => {
-                return Err(RepairError::Peer {
-                    peer,
-                    reason: "sent nothing short of the recording's end".into(),
-                })
-            }
-            Ordering::Less => target.append(from, Bytes::from(chunk.bytes)).await?,
+        let chunk = read_from(member, peer, addr, &entry.id, from).await?;
+        match next_step(peer, from, &chunk, entry.epoch)? {
+            Step::Done => return Ok(chunk),
+            Step::Append => target.append(from, Bytes::from(chunk.bytes)).await?,
         }
+    }
+}
+
+/// What a peer's answer lets the repair do next.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// The copy is as long as the peer's finished recording.
+    Done,
+    /// The answer's bytes continue the copy.
+    Append,
+}
+
+/// Judges one answer for a copy `from` bytes long, of a session Raft ended at `epoch`.
+///
+/// Only a recording finished at that epoch is the session's end. A peer whose record is
+/// from an older epoch holds what an earlier owner had when it was replaced (its own seal
+/// of a stream the new owner continued, or a copy that owner's stream left): shorter, and
+/// with the wrong end state. Copying it would also make this copy claim the final epoch
+/// for it, and serve it as such to the next late replica. Another peer is asked instead,
+/// and if none has the final recording the repair is retried later.
+fn next_step(
+    peer: NodeId,
+    from: u64,
+    chunk: &FinishedChunk,
+    epoch: u64,
+) -> Result<Step, RepairError> {
+    if chunk.epoch < epoch {
+        return Err(RepairError::Peer {
+            peer,
+            reason: format!(
+                "its recording was finished at epoch {}, the session ended at {epoch}",
+                chunk.epoch
+            ),
+        });
+    }
+    match from.cmp(&chunk.len) {
+        Ordering::Greater => Err(RepairError::Longer {
+            have: from,
+            len: chunk.len,
+        }),
+        Ordering::Equal => Ok(Step::Done),
+        Ordering::Less if chunk.bytes.is_empty() => Err(RepairError::Peer {
+            peer,
+            reason: "sent nothing short of the recording's end".into(),
+        }),
+        Ordering::Less => Ok(Step::Append),
     }
 }
 
@@ -515,6 +558,59 @@ mod tests {
             Some(STOPPED_WHILE_LIVE)
         )));
         assert!(!is_finished(&record(SessionState::Live, None)));
+    }
+
+    fn answer(bytes: &[u8], len: u64, epoch: u64) -> FinishedChunk {
+        FinishedChunk {
+            bytes: bytes.to_vec(),
+            len,
+            state: SessionState::Complete,
+            problem: None,
+            epoch,
+        }
+    }
+
+    #[test]
+    fn only_a_recording_finished_at_the_sessions_last_epoch_completes_a_copy() {
+        // An earlier owner's own end of the stream (epoch 1) of a session taken over at 2.
+        let stale = next_step(1, 10, &answer(b"abc", 13, 1), 2);
+        assert!(
+            matches!(&stale, Err(RepairError::Peer { peer: 1, reason }) if reason.contains("epoch 1")),
+            "{stale:?}"
+        );
+        // Even when it looks complete from here.
+        assert!(next_step(1, 13, &answer(b"", 13, 1), 2).is_err());
+        assert_eq!(
+            next_step(3, 10, &answer(b"abc", 13, 2), 2).ok(),
+            Some(Step::Append)
+        );
+        assert_eq!(
+            next_step(3, 13, &answer(b"", 13, 2), 2).ok(),
+            Some(Step::Done)
+        );
+        assert!(matches!(
+            next_step(3, 14, &answer(b"", 13, 2), 2),
+            Err(RepairError::Longer { have: 14, len: 13 })
+        ));
+        assert!(matches!(
+            next_step(3, 10, &answer(b"", 13, 2), 2),
+            Err(RepairError::Peer { .. })
+        ));
+    }
+
+    #[test]
+    fn a_copy_finished_before_the_last_takeover_is_not_final() {
+        let mut r = record(SessionState::Aborted, Some("client went away"));
+        r.epoch = 1;
+        assert!(!is_final(&r, 2));
+        assert!(is_final(&r, 1));
+        r.epoch = 2;
+        assert!(is_final(&r, 2));
+        r.problem = Some(Problem {
+            line: 0,
+            reason: STOPPED_WHILE_LIVE.into(),
+        });
+        assert!(!is_final(&r, 2));
     }
 
     #[tokio::test]
