@@ -70,9 +70,7 @@ enum CertsCommand {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let result = runtime()
         .context("cannot start the async runtime")
         .and_then(|runtime| runtime.block_on(dispatch(cli.command)));
     match result {
@@ -82,6 +80,23 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// The multi-threaded runtime every subcommand runs on.
+///
+/// Without a LIFO slot: by default a task woken by another task on the same worker (a
+/// session's reader, woken by its HTTP/2 connection as body data arrives) runs next on
+/// that worker, and no other worker may steal it. One busy stream then kept its
+/// connection and its content check on one core in turn while the other idled: with the
+/// slot disabled, one stream's ingest went from 738 to 862 MB/s (medians of 6 alternated
+/// runs, BENCHMARKS.md "the LIFO slot"); 16 streams did not change. The call is tokio's
+/// unstable API, enabled for this repository's builds by `.cargo/config.toml`.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<u8> {
