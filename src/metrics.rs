@@ -8,6 +8,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Gauge: recordings currently streaming into this node.
 pub const SESSIONS_LIVE: &str = "quorumcast_sessions_live";
+/// Always 1; its labels say how this binary was built (version, tokio's scheduling).
+pub const BUILD_INFO: &str = "quorumcast_build_info";
 /// Counter: recordings accepted, by `protocol` (v1, v2).
 pub const SESSIONS_TOTAL: &str = "quorumcast_sessions_total";
 /// Counter: recordings ended, by final `state` (complete, aborted, invalid).
@@ -155,11 +157,28 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     metrics::counter!(BYTES_IN).absolute(0);
     metrics::counter!(ACKS_SENT).absolute(0);
     metrics::counter!(INVALID_RECORDINGS).absolute(0);
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "tokio_lifo_slot" => if lifo_slot_disabled() { "off" } else { "on" },
+    )
+    .set(1.0);
     Ok(handle)
+}
+
+/// Whether this build runs tokio without its LIFO slot (`src/main.rs` `runtime()`), which
+/// needs `--cfg tokio_unstable` (`.cargo/config.toml`). A `RUSTFLAGS` set by a packager
+/// replaces that flag silently; the node says so at start and in [`BUILD_INFO`].
+pub fn lifo_slot_disabled() -> bool {
+    cfg!(tokio_unstable)
 }
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1: version and tokio_lifo_slot (off when built with --cfg tokio_unstable)"
+    );
     describe_gauge!(
         SESSIONS_LIVE,
         "Recordings currently streaming into this node"

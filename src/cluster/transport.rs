@@ -27,6 +27,10 @@
 //!   either the handler's answer or the server's reason for refusing the request (unknown
 //!   version, undecodable body, frame too large). bincode has no `deserialize_any`, so message
 //!   types must not use `#[serde(untagged)]` or `#[serde(flatten)]`.
+//!   Bodies carry no field tags, so any change of a message type is incompatible: the nodes
+//!   of a set must run builds with the same messages (a rolling restart with one binary is
+//!   supported; a rolling upgrade across such a change is not, and [`WIRE_VERSION`] does not
+//!   detect it). Example: `ReadFinished`'s answer gained the session epoch in `21baa54`.
 //! - [`StreamKind::Replication`]: after the kind byte, the stream belongs to the
 //!   [`StreamHandler`]; this module adds nothing.
 //!
