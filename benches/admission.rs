@@ -1116,17 +1116,6 @@ impl Drop for Proc {
     }
 }
 
-/// A TCP port that is also free for UDP (the cluster port is QUIC) at the time of asking.
-fn free_port() -> Result<u16> {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-}
-
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str().context("non-UTF-8 path")
 }
@@ -1191,7 +1180,7 @@ impl QcSet {
         let mut initial = Vec::new();
         let mut cluster_addrs = Vec::new();
         for id in 1..=3u64 {
-            let (ingest, cluster) = (free_port()?, free_port()?);
+            let (ingest, cluster) = (common::ports::free_port()?, common::ports::free_port()?);
             initial.push(format!(
                 "{{ id = {id}, cluster_addr = \"127.0.0.1:{cluster}\", ingest_addr = \"127.0.0.1:{ingest}\" }}"
             ));
@@ -1455,7 +1444,7 @@ impl EtcdSet {
     fn start(root: &Path) -> Result<EtcdSet> {
         let mut ports = Vec::new();
         for _ in 0..3 {
-            ports.push((free_port()?, free_port()?));
+            ports.push((common::ports::free_port()?, common::ports::free_port()?));
         }
         let initial: Vec<String> = ports
             .iter()

@@ -1735,13 +1735,12 @@ impl RecorderSet {
             &bin,
             &["certs", "init", "--out", path_str(&root.join("ca"))?],
         )?;
-        let mut ports = Vec::new();
         let mut members = Vec::new();
         for id in 1..=NODES as u64 {
             members.push(Member {
                 id,
-                ingest: format!("127.0.0.1:{}", free_port(&mut ports)?),
-                cluster: format!("127.0.0.1:{}", free_port(&mut ports)?),
+                ingest: format!("127.0.0.1:{}", common::ports::free_port()?),
+                cluster: format!("127.0.0.1:{}", common::ports::free_port()?),
                 dir: root.join(format!("node{id}")),
                 config: root.join(format!("node{id}.toml")),
                 log: root.join(format!("node{id}.log")),
@@ -2004,18 +2003,6 @@ fn run_quorumcast(bin: &Path, args: &[&str]) -> Result<()> {
 
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str().context("non-UTF-8 path")
-}
-
-/// A port free for both TCP (ingest) and UDP (cluster) when asked, not in `taken`.
-fn free_port(taken: &mut Vec<u16>) -> Result<u16> {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if !taken.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            taken.push(port);
-            return Ok(port);
-        }
-    }
 }
 
 /// A `quorumcast node` child process; killed on drop.

@@ -3,6 +3,11 @@
 
 pub mod content;
 pub mod host;
+/// The tests' port picker: ports below the ephemeral range, never handed out twice, so a
+/// node restarted on its port cannot find it taken by one of the bench's own outgoing
+/// connections (which `bind(":0")` ports can be).
+#[path = "../../tests/common/ports.rs"]
+pub mod ports;
 
 /// Writes `bytes` bytes to `out` as `block` over and over (the last copy cut short): how
 /// the benches' baselines (the disk limit, the TCP ceiling) produce their bytes.
