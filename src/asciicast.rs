@@ -313,6 +313,49 @@ fn scan_event(line: &[u8]) -> Result<(), EventError> {
     Ok(())
 }
 
+/// Where the usual event line at the start of `chunk` ends: the index of its `\n`, when
+/// the line is `[TIME,CODE,"DATA"]` (single spaces allowed after the commas, an optional
+/// `\r` before the `\n`) and well formed. `None` for anything else, which the caller
+/// then finds the end of and checks the general way ([`check_event`]).
+///
+/// This lets the [`Validator`] check a line and find its end in one pass instead of a
+/// newline search and then a scan. Nothing it accepts can hold a `\n`: strings can't,
+/// and the only whitespace it crosses is single spaces. Its verdict is never its own:
+/// a line it accepts is one `check_event` accepts (the tests hold it to that).
+fn usual_event_end(chunk: &[u8]) -> Option<usize> {
+    let mut s = Scanner {
+        bytes: chunk,
+        pos: 0,
+    };
+    if s.peek() != Some(b'[') {
+        return None;
+    }
+    s.pos += 1;
+    if !matches!(s.peek(), Some(b'0'..=b'9')) || !s.number().ok()? {
+        return None;
+    }
+    s.usual_comma()?;
+    match chunk.get(s.pos..s.pos + 3) {
+        Some(&[b'"', c, b'"']) if c.is_ascii() && !is_string_stop(c) => s.pos += 3,
+        Some(&[b'"', c, _]) if c != b'"' => {
+            s.pos += 1;
+            s.string::<true>().ok()?;
+        }
+        _ => return None,
+    }
+    s.usual_comma()?;
+    if s.peek() != Some(b'"') {
+        return None;
+    }
+    s.pos += 1;
+    s.string::<false>().ok()?;
+    match chunk.get(s.pos..)? {
+        [b']', b'\n', ..] => Some(s.pos + 1),
+        [b']', b'\r', b'\n', ..] => Some(s.pos + 2),
+        _ => None,
+    }
+}
+
 const LOW_BITS: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
@@ -461,6 +504,18 @@ impl Scanner<'_> {
         }
         self.skip_ws();
         Ok(())
+    }
+
+    /// `,` and at most one space: between the elements of a usual event line.
+    fn usual_comma(&mut self) -> Option<()> {
+        if self.peek() != Some(b',') {
+            return None;
+        }
+        self.pos += 1;
+        if self.peek() == Some(b' ') {
+            self.pos += 1;
+        }
+        Some(())
     }
 
     fn digits_from(&self, mut at: usize) -> usize {
@@ -1016,6 +1071,12 @@ impl Validator {
         let mut progress = Progress::default();
         self.bytes += chunk.len() as u64;
         while !chunk.is_empty() {
+            if let Some(at) = self.usual_line_end(chunk) {
+                // A well-formed event line, checked while finding its end.
+                self.line_no += 1;
+                chunk = chunk.get(at + 1..).unwrap_or_default();
+                continue;
+            }
             match memchr::memchr(b'\n', chunk) {
                 Some(at) => {
                     let (line, rest) = chunk.split_at(at);
@@ -1064,6 +1125,17 @@ impl Validator {
             );
         }
         progress
+    }
+
+    /// The end (its `\n`) of a usual, well-formed event line at the start of `chunk`, if
+    /// that is what comes next: past the header, at a line start, with nothing flagged
+    /// yet (after a problem lines are only counted), within the line limit.
+    fn usual_line_end(&self, chunk: &[u8]) -> Option<usize> {
+        if !self.header_seen || !self.partial.is_empty() || self.skipping || self.problem.is_some()
+        {
+            return None;
+        }
+        usual_event_end(chunk).filter(|&at| at <= self.limits.max_line_bytes)
     }
 
     fn limit(&self) -> usize {
@@ -1171,6 +1243,45 @@ mod tests {
 
     fn sample(name: &str) -> Option<Vec<u8>> {
         std::fs::read(format!("{SAMPLES}/{name}")).ok()
+    }
+
+    #[test]
+    fn usual_lines_are_checked_in_one_pass_and_others_left_to_the_general_check() {
+        let taken: [&[u8]; 6] = [
+            b"[0.5, \"o\", \"hi\\r\\n\"]\n",
+            b"[1.25,\"o\",\"\\u001b[0m\"]\r\n[2",
+            b"[3, \"r\", \"80x24\"]\nrest",
+            b"[0.000001, \"marker\", \"\"]\n",
+            b"[7.5, \"o\", \"\xc3\xa9t\xc3\xa9\"]\n",
+            b"[7.5, \"\\u0041\", \"x\"]\n",
+        ];
+        for line in taken {
+            let end = usual_event_end(line);
+            let expected = line.iter().position(|&b| b == b'\n');
+            assert_eq!(end, expected, "{:?}", String::from_utf8_lossy(line));
+        }
+        let left: [&[u8]; 12] = [
+            b"[0.5, \"o\", \"hi\"]",     // no newline yet
+            b"[0.5, \"o\", \"hi\"] \n",  // space before the newline
+            b" [0.5, \"o\", \"hi\"]\n",  // leading space
+            b"[0.5,  \"o\", \"hi\"]\n",  // two spaces
+            b"[-0.5, \"o\", \"hi\"]\n",  // negative time
+            b"[1e3, \"o\", \"hi\"]\n",   // exponent
+            b"[0.5, \"\", \"hi\"]\n",    // empty code
+            b"[0.5, \"o\", [1]]\n",      // data not a string
+            b"[0.5, \"o\", \"h\ti\"]\n", // control byte
+            b"[0.5, \"o\", \"\xff\"]\n", // not UTF-8
+            b"[0.5, \"o\", \"\\x\"]\n",  // bad escape
+            b"[0.5, \"o\", \"hi\n\"]\n", // a newline inside the string
+        ];
+        for line in left {
+            assert_eq!(
+                usual_event_end(line),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]
@@ -1819,6 +1930,28 @@ mod tests {
                 apply(&mut line, e);
             }
             prop_assert_eq!(fast_path_agrees(&line, 1.min(line.len())), Ok(()));
+        }
+
+        /// A line the one-pass check takes (`usual_event_end`) ends at a `\n`, holds none
+        /// before it, and is one `check_event` accepts; and it takes the usual shapes.
+        #[test]
+        fn one_pass_lines_are_lines_check_event_accepts(
+            mut line in event_line(),
+            edits in prop::collection::vec(edit(), 0..3),
+            ending in prop::sample::select(vec!["\n", "\r\n", "", "\r", " \n"]),
+            next in prop::sample::select(vec!["", "[2,\"o\",\"x\"]\n", "\n", "garbage"]),
+        ) {
+            for e in &edits {
+                apply(&mut line, e);
+            }
+            line.extend_from_slice(ending.as_bytes());
+            line.extend_from_slice(next.as_bytes());
+            if let Some(at) = usual_event_end(&line) {
+                prop_assert_eq!(line.get(at), Some(&b'\n'));
+                prop_assert!(!line[..at].contains(&b'\n'));
+                let checked = check_event(strip_cr(&line[..at]));
+                prop_assert!(checked.is_ok(), "{:?}: {:?}", String::from_utf8_lossy(&line), checked);
+            }
         }
 
         /// So do the same lines garbled.
