@@ -304,7 +304,7 @@ fn a_stale_owner_resumed_after_a_takeover_cannot_write_anywhere() -> Result<()> 
     let acked = first.wait_ack(recording.len() as u64)?;
     // Freeze the owner, then hand it bytes it will only read once it wakes up.
     let owner = set.members[0].node.as_ref().context("owner")?;
-    owner.signal(libc::SIGSTOP);
+    owner.freeze()?;
     let late = line(1);
     first.send(late.as_bytes())?;
     // The client moves on to node 2, which takes over at epoch 2.

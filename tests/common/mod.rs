@@ -110,6 +110,35 @@ impl Node {
         }
     }
 
+    /// SIGSTOP, then waits until every thread of the node is stopped: kill(2) returns once
+    /// the signal is queued, and a thread running on the other CPU can go on for a moment
+    /// (long enough to read, replicate and ack bytes sent right after).
+    pub fn freeze(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut all_stopped = true;
+            for task in std::fs::read_dir(&tasks)? {
+                let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+                // The state follows the command name, which is in parentheses and may hold any
+                // character: read it after the last `)`.
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.trim_start().chars().next());
+                all_stopped &= matches!(state, Some('T' | 't') | None);
+            }
+            if all_stopped {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("node at {} not stopped 5 s after SIGSTOP", self.addr);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
