@@ -120,9 +120,16 @@ fn send_acked(
     upload.wait_ack(sent.len() as u64)
 }
 
+/// SIGSTOP waits until the node is stopped (`Node::freeze`), so that what the test does
+/// next finds it frozen.
 fn signal_members(set: &Set, members: &[usize], signal: i32) -> Result<()> {
     for &i in members {
-        set.members[i].node.as_ref().context("node")?.signal(signal);
+        let node = set.members[i].node.as_ref().context("node")?;
+        if signal == libc::SIGSTOP {
+            node.freeze()?;
+        } else {
+            node.signal(signal);
+        }
     }
     Ok(())
 }
