@@ -100,23 +100,22 @@ pub(super) unsafe fn classify(bytes: &[u8], from: usize) -> Block {
     // The line's last block. Rather than copy it into a zeroed buffer (a call and a copy
     // per string, since most strings end a line), classify the line's last 64 bytes and
     // shift what is before `from` out.
-    let padding = Block {
-        control: u64::MAX << rest.len().min(63),
-        ..Block::default()
-    };
     if rest.is_empty() {
+        // Past the line's end: all padding, which reads as control bytes.
         return Block {
             control: u64::MAX,
-            ..padding
+            ..Block::default()
         };
     }
+    // The padding's bits (here `rest` is 1 to 63 bytes long).
+    let padding = u64::MAX << rest.len();
     if let Some(last) = bytes.last_chunk::<64>() {
         let shift = 64 - rest.len();
         let b = classify64(last);
         return Block {
             quote: b.quote >> shift,
             backslash: b.backslash >> shift,
-            control: b.control >> shift | padding.control,
+            control: b.control >> shift | padding,
             non_ascii: b.non_ascii >> shift,
             escapable: b.escapable >> shift,
             u: b.u >> shift,
