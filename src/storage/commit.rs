@@ -7,11 +7,20 @@
 //! it. So the ack delay a client sees is bounded by two rounds plus queueing: with
 //! rounds of R ms, at most about 2R ms after the bytes were written.
 //!
+//! New files need their directory entries on disk too. A round fsyncs each directory
+//! with a pending entry once, however many new files it holds, beside the files' own
+//! `fdatasync`s: so sessions and copies that start together in one directory share one
+//! directory fsync. A new recording's entry is synced before its session is admitted
+//! ([`Committer::sync_entry`]); a replica's copy created (or opened) since its last sync
+//! has its entry synced with its first bytes.
+//!
 //! This module owns the fsync schedule and its latency metric. It does not own files
 //! (sessions do) nor decide what an ack means (the session layer does).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,8 +36,57 @@ pub const QUEUE_BOUND: usize = 16 * 1024;
 const SYNC_PARALLELISM: usize = 4;
 
 struct Request {
-    file: Arc<File>,
+    /// The file whose written bytes to make durable; `None` for a directory entry alone.
+    file: Option<Arc<File>>,
+    /// The file's directory entry, if it may not be durable yet.
+    entry: Option<Arc<DirEntry>>,
     reply: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// A file's entry in its directory, and whether a directory fsync since the file was
+/// created (or opened) covers it.
+#[derive(Debug)]
+pub struct DirEntry {
+    dir: PathBuf,
+    /// Set once a round fsynced `dir` after the file existed; later syncs skip the
+    /// directory.
+    durable: AtomicBool,
+}
+
+impl DirEntry {
+    pub fn new(dir: PathBuf) -> DirEntry {
+        DirEntry {
+            dir,
+            durable: AtomicBool::new(false),
+        }
+    }
+
+    fn pending(&self) -> bool {
+        !self.durable.load(Ordering::Acquire)
+    }
+}
+
+/// One fsync of a round: a file's data or a directory's entries.
+enum Target {
+    Data(Arc<File>),
+    Dir(PathBuf),
+}
+
+impl Target {
+    /// A copy for a helper thread (the file is shared, the path cloned).
+    fn share(&self) -> Target {
+        match self {
+            Target::Data(file) => Target::Data(file.clone()),
+            Target::Dir(dir) => Target::Dir(dir.clone()),
+        }
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        match self {
+            Target::Data(file) => file.sync_data(),
+            Target::Dir(dir) => super::layout::sync_dir(dir),
+        }
+    }
 }
 
 /// Handle to the group-commit thread. Cheap to clone.
@@ -49,12 +107,38 @@ impl Committer {
         Ok(Committer { queue })
     }
 
-    /// Returns once every byte written to `file` before this call is on stable storage.
-    pub async fn sync(&self, file: Arc<File>) -> std::io::Result<()> {
+    /// Returns once every byte written to `file` before this call is on stable storage,
+    /// and `entry` (the file's name in its directory) too.
+    pub async fn sync(&self, file: Arc<File>, entry: Option<Arc<DirEntry>>) -> std::io::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || std::io::Error::other("group-commit thread stopped");
+        let entry = entry.filter(|e| e.pending());
+        self.queue
+            .send(Request {
+                file: Some(file),
+                entry,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Returns once `entry` (a newly created file's name in its directory) is on stable
+    /// storage: its directory is fsynced in the next round, once for every entry of that
+    /// directory queued meanwhile.
+    pub async fn sync_entry(&self, entry: Arc<DirEntry>) -> std::io::Result<()> {
+        if !entry.pending() {
+            return Ok(());
+        }
         let (reply, answer) = oneshot::channel();
         let gone = || std::io::Error::other("group-commit thread stopped");
         self.queue
-            .send(Request { file, reply })
+            .send(Request {
+                file: None,
+                entry: Some(entry),
+                reply,
+            })
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
@@ -72,37 +156,72 @@ fn run(mut rx: mpsc::Receiver<Request>, helpers: &SyncHelpers) {
     }
 }
 
-/// Syncs each distinct file of the batch once and answers every request.
+/// Syncs each distinct file, and each directory with a new entry, of the batch once and
+/// answers every request.
 fn commit_round(batch: &mut Vec<Request>, helpers: &SyncHelpers) {
     let started = Instant::now();
     let mut files: HashMap<*const File, Arc<File>> = HashMap::new();
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
     for request in batch.iter() {
-        files
-            .entry(Arc::as_ptr(&request.file))
-            .or_insert_with(|| request.file.clone());
+        if let Some(file) = &request.file {
+            files
+                .entry(Arc::as_ptr(file))
+                .or_insert_with(|| file.clone());
+        }
+        if let Some(entry) = request.entry.as_ref().filter(|e| e.pending()) {
+            dirs.insert(entry.dir.clone());
+        }
     }
-    let files: Vec<Arc<File>> = files.into_values().collect();
-    let results: HashMap<*const File, std::io::Result<()>> = files
-        .iter()
-        .map(Arc::as_ptr)
-        .zip(helpers.sync_all(&files))
+    let file_count = files.len();
+    let targets: Vec<Target> = files
+        .into_values()
+        .map(Target::Data)
+        .chain(dirs.into_iter().map(Target::Dir))
         .collect();
+    let mut outcomes = helpers.sync_all(&targets).into_iter();
+    let mut file_results: HashMap<*const File, std::io::Result<()>> = HashMap::new();
+    let mut dir_results: HashMap<PathBuf, std::io::Result<()>> = HashMap::new();
+    for target in targets {
+        let outcome = outcomes
+            .next()
+            .unwrap_or_else(|| Err(std::io::Error::other("no answer from the commit round")));
+        match target {
+            Target::Data(file) => drop(file_results.insert(Arc::as_ptr(&file), outcome)),
+            Target::Dir(dir) => drop(dir_results.insert(dir, outcome)),
+        }
+    }
     metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
-    metrics::histogram!(m::COMMIT_BATCH_FILES).record(files.len() as f64);
+    metrics::histogram!(m::COMMIT_BATCH_FILES).record(file_count as f64);
     for request in batch.drain(..) {
-        let result = match results.get(&Arc::as_ptr(&request.file)) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            None => Err(std::io::Error::other("file missing from commit round")),
+        let mut result = match &request.file {
+            Some(file) => copy_result(file_results.get(&Arc::as_ptr(file))),
+            None => Ok(()),
         };
+        if let Some(entry) = &request.entry {
+            if entry.pending() {
+                match dir_results.get(&entry.dir) {
+                    Some(Ok(())) => entry.durable.store(true, Ordering::Release),
+                    other => result = result.and(copy_result(other)),
+                }
+            }
+        }
         // The waiter may have gone away (client disconnected); nothing to do then.
         let _ = request.reply.send(result);
     }
 }
 
+/// One request's share of a round's outcome (`io::Error` is not `Clone`).
+fn copy_result(outcome: Option<&std::io::Result<()>>) -> std::io::Result<()> {
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        None => Err(std::io::Error::other("file missing from commit round")),
+    }
+}
+
 /// A share of a round's files for one helper, and where its results go.
 type SyncJob = (
-    Vec<Arc<File>>,
+    Vec<Target>,
     std::sync::mpsc::SyncSender<Vec<std::io::Result<()>>>,
 );
 
@@ -121,8 +240,8 @@ impl SyncHelpers {
             std::thread::Builder::new()
                 .name(format!("fsync-{i}"))
                 .spawn(move || {
-                    for (files, reply) in rx {
-                        let _ = reply.send(files.iter().map(|f| f.sync_data()).collect());
+                    for (targets, reply) in rx {
+                        let _ = reply.send(targets.iter().map(Target::sync).collect());
                     }
                 })?;
             jobs.push(tx);
@@ -130,25 +249,25 @@ impl SyncHelpers {
         Ok(SyncHelpers { jobs })
     }
 
-    /// `fdatasync` of every file, spread over this thread and the helpers; results in the
-    /// order of `files`.
-    fn sync_all(&self, files: &[Arc<File>]) -> Vec<std::io::Result<()>> {
-        if files.len() <= 1 || self.jobs.is_empty() {
-            return files.iter().map(|f| f.sync_data()).collect();
+    /// Every target synced, spread over this thread and the helpers; results in the
+    /// order of `targets`.
+    fn sync_all(&self, targets: &[Target]) -> Vec<std::io::Result<()>> {
+        if targets.len() <= 1 || self.jobs.is_empty() {
+            return targets.iter().map(Target::sync).collect();
         }
-        let per_share = files.len().div_ceil(self.jobs.len() + 1);
-        let mut shares = files.chunks(per_share);
+        let per_share = targets.len().div_ceil(self.jobs.len() + 1);
+        let mut shares = targets.chunks(per_share);
         let own = shares.next().unwrap_or_default();
         let mut waiting = Vec::new();
         for (share, helper) in shares.zip(&self.jobs) {
             let (reply, answer) = std::sync::mpsc::sync_channel(1);
-            match helper.send((share.to_vec(), reply)) {
+            match helper.send((share.iter().map(Target::share).collect(), reply)) {
                 Ok(()) => waiting.push((share.len(), Some(answer))),
                 // A helper that died: this share fails rather than hang the round.
                 Err(_) => waiting.push((share.len(), None)),
             }
         }
-        let mut results: Vec<std::io::Result<()>> = own.iter().map(|f| f.sync_data()).collect();
+        let mut results: Vec<std::io::Result<()>> = own.iter().map(Target::sync).collect();
         for (len, answer) in waiting {
             match answer.and_then(|a| a.recv().ok()) {
                 Some(share) if share.len() == len => results.extend(share),
@@ -176,11 +295,73 @@ mod tests {
             file.write_all(b"data").expect("write");
             let file = Arc::new(file);
             let c = committer.clone();
-            waits.push(tokio::spawn(async move { c.sync(file).await }));
+            waits.push(tokio::spawn(async move { c.sync(file, None).await }));
         }
         for w in waits {
             w.await.expect("join").expect("sync");
         }
+    }
+
+    #[tokio::test]
+    async fn a_new_files_directory_is_synced_once_then_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committer = Committer::start().expect("start");
+        let mut file = File::create(dir.path().join("new")).expect("create");
+        file.write_all(b"data").expect("write");
+        let entry = Arc::new(DirEntry::new(dir.path().to_path_buf()));
+        assert!(entry.pending());
+        committer
+            .sync(Arc::new(file), Some(entry.clone()))
+            .await
+            .expect("sync");
+        assert!(!entry.pending(), "the round fsynced the directory");
+    }
+
+    #[tokio::test]
+    async fn new_entries_of_one_directory_become_durable_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committer = Committer::start().expect("start");
+        let entries: Vec<Arc<DirEntry>> = (0..20)
+            .map(|i| {
+                File::create(dir.path().join(format!("e{i}"))).expect("create");
+                Arc::new(DirEntry::new(dir.path().to_path_buf()))
+            })
+            .collect();
+        let waits: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let (c, e) = (committer.clone(), e.clone());
+                tokio::spawn(async move { c.sync_entry(e).await })
+            })
+            .collect();
+        for w in waits {
+            w.await.expect("join").expect("sync_entry");
+        }
+        assert!(entries.iter().all(|e| !e.pending()));
+        let missing = Arc::new(DirEntry::new(dir.path().join("gone")));
+        assert!(committer.sync_entry(missing.clone()).await.is_err());
+        assert!(
+            missing.pending(),
+            "a failed directory fsync leaves the entry pending"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_directory_that_cannot_be_synced_fails_the_files_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committer = Committer::start().expect("start");
+        let file = Arc::new(File::create(dir.path().join("f")).expect("create"));
+        let gone = Arc::new(DirEntry::new(dir.path().join("no-such-dir")));
+        let result = committer.sync(file.clone(), Some(gone.clone())).await;
+        assert!(
+            result.is_err(),
+            "a missing directory must not count as durable"
+        );
+        assert!(gone.pending());
+        committer
+            .sync(file, None)
+            .await
+            .expect("the file alone syncs");
     }
 
     #[test]
@@ -188,12 +369,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let helpers = SyncHelpers::start(3).expect("helpers");
         for count in [0, 1, 2, 7, 40] {
-            let files: Vec<Arc<File>> = (0..count)
+            let files: Vec<Target> = (0..count)
                 .map(|i| {
                     let mut f =
                         File::create(dir.path().join(format!("r{count}-{i}"))).expect("create");
                     f.write_all(b"x").expect("write");
-                    Arc::new(f)
+                    Target::Data(Arc::new(f))
                 })
                 .collect();
             let results = helpers.sync_all(&files);

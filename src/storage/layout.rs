@@ -76,12 +76,12 @@ pub fn candidate_name(stem: &str, tag: Option<u64>, n: u32) -> String {
     }
 }
 
-/// Creates `<dir>/<name>` exclusively (fails with `AlreadyExists` if it is there), and
-/// makes its directory entry durable.
+/// Creates `<dir>/<name>` exclusively (fails with `AlreadyExists` if it is there). Its
+/// directory entry is not durable yet: the caller has the group commit sync it
+/// ([`super::commit::Committer::sync_entry`]), shared with other new entries of `dir`.
 pub fn create_new(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
     let path = dir.join(name);
     let file = in_dir(dir, || open_new(&path))?;
-    sync_dir(dir)?;
     Ok((path, file))
 }
 

@@ -64,6 +64,11 @@ pub struct Storage {
 pub struct RecordingFile {
     /// Shared with the commit thread, which fsyncs it.
     file: Arc<File>,
+    /// The file's directory entry: synced through the group commit, so that files
+    /// created together in one directory share one directory fsync. Already durable for
+    /// a recording this node created as its owner; a copy's is synced with its first
+    /// bytes.
+    entry: Arc<commit::DirEntry>,
     /// Absolute path, for error messages.
     path: PathBuf,
     /// Path relative to dst, as the index and API show it.
@@ -79,9 +84,16 @@ pub struct RecordingFile {
 }
 
 impl RecordingFile {
-    fn new(file: File, path: PathBuf, rel_path: String, written: u64) -> RecordingFile {
+    fn new(
+        file: File,
+        path: PathBuf,
+        rel_path: String,
+        written: u64,
+        entry: Arc<commit::DirEntry>,
+    ) -> RecordingFile {
         RecordingFile {
             file: Arc::new(file),
+            entry,
             path,
             rel_path,
             written,
@@ -163,6 +175,7 @@ impl RecordingFile {
         SyncHandle {
             file: self.file.clone(),
             path: self.path.clone(),
+            entry: Some(self.entry.clone()),
         }
     }
 }
@@ -213,6 +226,9 @@ fn write_all_vectored_at(file: &File, chunks: &[Bytes], mut offset: u64) -> std:
 pub struct SyncHandle {
     file: Arc<File>,
     path: PathBuf,
+    /// The directory entry the file's next sync must make durable first, if any (none
+    /// for a file only opened to be read).
+    entry: Option<Arc<commit::DirEntry>>,
 }
 
 /// Bytes released from the page cache at a time, at least: one `posix_fadvise` call per
@@ -328,6 +344,7 @@ impl Storage {
         let dir = self.dst.join(&node_dir);
         let path = dir.join(&name);
         let rel_path = format!("{node_dir}/{name}");
+        let entry = Arc::new(commit::DirEntry::new(dir.clone()));
         let (file, len) = tokio::task::spawn_blocking({
             let path = path.clone();
             move || -> Result<(File, u64), StorageError> {
@@ -338,13 +355,12 @@ impl Storage {
                         .create_new(create_new)
                         .open(&path)
                 };
-                // A new copy (the usual case) needs its directory entry made durable; an
-                // existing one (a stream resumed after a break) continues at its end.
+                // A new copy is the usual case; an existing one (a stream resumed after
+                // a break) continues at its end. Either way the copy's first sync makes
+                // its directory entry durable (an existing copy may have been created by
+                // a stream that broke before its first sync).
                 let file = match layout::in_dir(&dir, || open(true)) {
-                    Ok(file) => {
-                        layout::sync_dir(&dir).map_err(io_at(&dir))?;
-                        file
-                    }
+                    Ok(file) => file,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         open(false).map_err(io_at(&path))?
                     }
@@ -355,7 +371,7 @@ impl Storage {
             }
         })
         .await??;
-        Ok(RecordingFile::new(file, path, rel_path, len))
+        Ok(RecordingFile::new(file, path, rel_path, len, entry))
     }
 
     /// Whether `<dst>/<node_dir>/<name>` exists (a name to skip when picking one).
@@ -365,7 +381,9 @@ impl Storage {
     }
 
     /// Creates the recording `<dst>/<node_dir>/<name>` exclusively (the name was reserved
-    /// through the recorder set, or is only ever picked by this node).
+    /// through the recorder set, or is only ever picked by this node), and returns once
+    /// its directory entry is durable (one directory fsync shared by every recording
+    /// created in that directory meanwhile).
     pub async fn create_recording_named(
         &self,
         node_dir: &str,
@@ -382,6 +400,11 @@ impl Storage {
             }
             Err(e) => return Err(io_at(&path)(e)),
         };
+        let entry = Arc::new(commit::DirEntry::new(self.dst.join(node_dir)));
+        self.committer
+            .sync_entry(entry.clone())
+            .await
+            .map_err(io_at(&path))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -391,13 +414,14 @@ impl Storage {
             path,
             format!("{node_dir}/{name}"),
             0,
+            entry,
         ))
     }
 
     /// Returns once everything appended to the recording before this call is on stable storage.
     pub async fn sync(&self, recording: &SyncHandle) -> Result<(), StorageError> {
         self.committer
-            .sync(recording.file.clone())
+            .sync(recording.file.clone(), recording.entry.clone())
             .await
             .map_err(io_at(&recording.path))
     }
@@ -444,6 +468,7 @@ impl Storage {
             SyncHandle {
                 file: Arc::new(file),
                 path: path.clone(),
+                entry: None,
             }
             .read_at(offset, max)
         })
@@ -553,6 +578,7 @@ mod tests {
         let handle = SyncHandle {
             file: Arc::new(file),
             path,
+            entry: None,
         };
         let all = len.div_ceil(PAGE as usize);
         assert_eq!(resident_pages(&handle.file, len), all, "just written");
