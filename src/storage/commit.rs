@@ -11,8 +11,9 @@
 //! with a pending entry once, however many new files it holds, beside the files' own
 //! `fdatasync`s: so sessions and copies that start together in one directory share one
 //! directory fsync. A new recording's entry is synced before its session is admitted
-//! ([`Committer::sync_entry`]); a replica's copy created (or opened) since its last sync
-//! has its entry synced with its first bytes.
+//! ([`Committer::sync_entry`]), by a second thread that does only that, so an admission
+//! never waits behind other files' `fdatasync`s; a replica's copy created (or opened)
+//! since its last sync has its entry synced with its first bytes.
 //!
 //! This module owns the fsync schedule and its latency metric. It does not own files
 //! (sessions do) nor decide what an ack means (the session layer does).
@@ -92,11 +93,16 @@ impl Target {
 /// Handle to the group-commit thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
+    /// Files' bytes (and copies' new entries with them), to the `group-commit` thread.
     queue: mpsc::Sender<Request>,
+    /// New recordings' entries alone, to the `entry-commit` thread: an admission waits
+    /// for its entry, and must not wait behind a round of other files' `fdatasync`s.
+    /// Same bound as `queue`.
+    entries: mpsc::Sender<Request>,
 }
 
 impl Committer {
-    /// Starts the commit thread and its fsync helpers. They end when every handle is
+    /// Starts the commit threads and the fsync helpers. They end when every handle is
     /// dropped.
     pub fn start() -> std::io::Result<Committer> {
         let (queue, rx) = mpsc::channel(QUEUE_BOUND);
@@ -104,7 +110,12 @@ impl Committer {
         std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || run(rx, &helpers))?;
-        Ok(Committer { queue })
+        let (entries, rx) = mpsc::channel(QUEUE_BOUND);
+        let no_helpers = SyncHelpers::start(0)?;
+        std::thread::Builder::new()
+            .name("entry-commit".into())
+            .spawn(move || run(rx, &no_helpers))?;
+        Ok(Committer { queue, entries })
     }
 
     /// Returns once every byte written to `file` before this call is on stable storage,
@@ -125,15 +136,15 @@ impl Committer {
     }
 
     /// Returns once `entry` (a newly created file's name in its directory) is on stable
-    /// storage: its directory is fsynced in the next round, once for every entry of that
-    /// directory queued meanwhile.
+    /// storage: its directory is fsynced in the entry thread's next round, once for every
+    /// entry of that directory queued meanwhile.
     pub async fn sync_entry(&self, entry: Arc<DirEntry>) -> std::io::Result<()> {
         if !entry.pending() {
             return Ok(());
         }
         let (reply, answer) = oneshot::channel();
         let gone = || std::io::Error::other("group-commit thread stopped");
-        self.queue
+        self.entries
             .send(Request {
                 file: None,
                 entry: Some(entry),
