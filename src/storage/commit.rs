@@ -68,20 +68,13 @@ impl DirEntry {
 }
 
 /// One fsync of a round: a file's data or a directory's entries.
+#[derive(Clone)]
 enum Target {
     Data(Arc<File>),
     Dir(PathBuf),
 }
 
 impl Target {
-    /// A copy for a helper thread (the file is shared, the path cloned).
-    fn share(&self) -> Target {
-        match self {
-            Target::Data(file) => Target::Data(file.clone()),
-            Target::Dir(dir) => Target::Dir(dir.clone()),
-        }
-    }
-
     fn sync(&self) -> std::io::Result<()> {
         match self {
             Target::Data(file) => file.sync_data(),
@@ -121,18 +114,8 @@ impl Committer {
     /// Returns once every byte written to `file` before this call is on stable storage,
     /// and `entry` (the file's name in its directory) too.
     pub async fn sync(&self, file: Arc<File>, entry: Option<Arc<DirEntry>>) -> std::io::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        let gone = || std::io::Error::other("group-commit thread stopped");
         let entry = entry.filter(|e| e.pending());
-        self.queue
-            .send(Request {
-                file: Some(file),
-                entry,
-                reply,
-            })
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        submit(&self.queue, Some(file), entry).await
     }
 
     /// Returns once `entry` (a newly created file's name in its directory) is on stable
@@ -142,18 +125,23 @@ impl Committer {
         if !entry.pending() {
             return Ok(());
         }
-        let (reply, answer) = oneshot::channel();
-        let gone = || std::io::Error::other("group-commit thread stopped");
-        self.entries
-            .send(Request {
-                file: None,
-                entry: Some(entry),
-                reply,
-            })
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        submit(&self.entries, None, Some(entry)).await
     }
+}
+
+/// Queues one request for a commit thread and waits for its round's answer.
+async fn submit(
+    queue: &mpsc::Sender<Request>,
+    file: Option<Arc<File>>,
+    entry: Option<Arc<DirEntry>>,
+) -> std::io::Result<()> {
+    let (reply, answer) = oneshot::channel();
+    let gone = || std::io::Error::other("group-commit thread stopped");
+    queue
+        .send(Request { file, entry, reply })
+        .await
+        .map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
 }
 
 fn run(mut rx: mpsc::Receiver<Request>, helpers: &SyncHelpers) {
@@ -201,8 +189,12 @@ fn commit_round(batch: &mut Vec<Request>, helpers: &SyncHelpers) {
             Target::Dir(dir) => drop(dir_results.insert(dir, outcome)),
         }
     }
-    metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
-    metrics::histogram!(m::COMMIT_BATCH_FILES).record(file_count as f64);
+    // The round metrics describe rounds that made bytes durable (what acks wait for);
+    // the entry thread's directory-only rounds are left out.
+    if file_count > 0 {
+        metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::COMMIT_BATCH_FILES).record(file_count as f64);
+    }
     for request in batch.drain(..) {
         let mut result = match &request.file {
             Some(file) => copy_result(file_results.get(&Arc::as_ptr(file))),
@@ -226,7 +218,7 @@ fn copy_result(outcome: Option<&std::io::Result<()>>) -> std::io::Result<()> {
     match outcome {
         Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        None => Err(std::io::Error::other("file missing from commit round")),
+        None => Err(std::io::Error::other("missing from the commit round")),
     }
 }
 
@@ -272,7 +264,7 @@ impl SyncHelpers {
         let mut waiting = Vec::new();
         for (share, helper) in shares.zip(&self.jobs) {
             let (reply, answer) = std::sync::mpsc::sync_channel(1);
-            match helper.send((share.iter().map(Target::share).collect(), reply)) {
+            match helper.send((share.to_vec(), reply)) {
                 Ok(()) => waiting.push((share.len(), Some(answer))),
                 // A helper that died: this share fails rather than hang the round.
                 Err(_) => waiting.push((share.len(), None)),

@@ -391,6 +391,7 @@ impl Storage {
     ) -> Result<RecordingFile, StorageError> {
         let dir = self.dst.join(node_dir);
         let path = dir.join(name);
+        let entry = Arc::new(commit::DirEntry::new(dir.clone()));
         let name = name.to_string();
         let created = tokio::task::spawn_blocking(move || layout::create_new(&dir, &name)).await?;
         let (path, file) = match created {
@@ -400,7 +401,6 @@ impl Storage {
             }
             Err(e) => return Err(io_at(&path)(e)),
         };
-        let entry = Arc::new(commit::DirEntry::new(self.dst.join(node_dir)));
         self.committer
             .sync_entry(entry.clone())
             .await
