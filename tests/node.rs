@@ -300,6 +300,16 @@ fn client_disconnect_mid_line_keeps_bytes_and_aborts() -> Result<()> {
     assert_eq!(node.read_recording(&sessions[0])?, partial.as_bytes());
     assert_eq!(sessions[0]["bytes"].as_u64(), Some(partial.len() as u64));
     assert_eq!(sessions[0]["problem"]["line"].as_u64(), Some(2));
+    let log = node.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("session ends with a problem"),
+        "a cut stream is logged as a warning:\n{log}"
+    );
+    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    assert!(
+        metrics.contains("quorumcast_sessions_ended_total{state=\"aborted\"} 1"),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -323,6 +333,16 @@ fn slow_header_is_cut_after_the_header_timeout() -> Result<()> {
         .as_str()
         .unwrap_or("")
         .contains("header"));
+    let log = node.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("no complete header line"),
+        "a header timeout is logged as a warning:\n{log}"
+    );
+    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    assert!(
+        metrics.contains("quorumcast_invalid_recordings_total 1"),
+        "a header timeout counts as an invalid recording:\n{metrics}"
+    );
     Ok(())
 }
 
@@ -508,6 +528,18 @@ fn session_list_filters_and_metrics() -> Result<()> {
         all[0]["started_at"].as_str() >= all[1]["started_at"].as_str(),
         "newest first"
     );
+    assert_eq!(node.sessions("?until=2000-01-01T00:00:00Z")?.len(), 0);
+    assert_eq!(node.sessions("?until=2999-01-01T00:00:00Z")?.len(), 2);
+    let older = all[1]["started_at"].as_str().unwrap_or_default();
+    let upto_older = node.sessions(&format!("?until={}", older.replace('+', "%2B")))?;
+    assert_eq!(upto_older.last().map(|r| &r["id"]), Some(&all[1]["id"]));
+    if all[0]["started_at"] != all[1]["started_at"] {
+        assert_eq!(
+            upto_older.len(),
+            1,
+            "until excludes the newer: {upto_older:?}"
+        );
+    }
     let bad = curl(&[
         "-sS",
         "-o",
@@ -529,8 +561,86 @@ fn session_list_filters_and_metrics() -> Result<()> {
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
-    let health = curl(&["-sS", "--fail", &node.url("/healthz")])?;
-    assert!(String::from_utf8(health.stdout)?.contains("\"status\":\"ok\""));
+    let health = String::from_utf8(curl(&["-sS", "--fail", &node.url("/healthz")])?.stdout)?;
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert!(
+        health.contains("\"hostname\":\"recorder\""),
+        "default hostname: {health}"
+    );
+    Ok(())
+}
+
+/// tsrecorder's environment variables configure the node without any flag, so it is a
+/// drop-in: `TSRECORDER_DST`, `TS_STATE_DIR`, `TSRECORDER_HOSTNAME`.
+#[test]
+fn tsrecorder_environment_variables_configure_the_node() -> Result<()> {
+    let tmp = tempdir();
+    let state = tmp.path().join("state-from-env");
+    let envs = [
+        (
+            "TSRECORDER_DST",
+            tmp.path().join("dst").display().to_string(),
+        ),
+        ("TS_STATE_DIR", state.display().to_string()),
+        ("TSRECORDER_HOSTNAME", "rec-from-env".to_string()),
+    ];
+    let node = Node::start_env(tmp.path(), &envs)?;
+    let health = String::from_utf8(curl(&["-sS", "--fail", &node.url("/healthz")])?.stdout)?;
+    assert!(health.contains("\"hostname\":\"rec-from-env\""), "{health}");
+    let body = format!("{HEADER}[0.1,\"o\",\"x\"]\n");
+    curl(&[
+        "-sS",
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &body,
+        &node.url("/v2/record"),
+    ])?;
+    let sessions = node.wait_sessions("complete", 1)?;
+    assert_eq!(node.read_recording(&sessions[0])?, body.as_bytes());
+    assert!(
+        state.join("index.redb").is_file(),
+        "index under TS_STATE_DIR"
+    );
+    assert!(
+        !node.dst().join("state").exists(),
+        "no index under the default statedir"
+    );
+    Ok(())
+}
+
+/// An event over the in-memory limit is still stored whole, as received, and answered 413.
+#[test]
+fn oversized_event_is_stored_whole_with_413() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let mut event = br#"{"type":"Kubernetes API Request","request":{"body":""#.to_vec();
+    event.extend(std::iter::repeat_n(b'a', 1536 * 1024));
+    event.extend_from_slice(b"\"}}");
+    let path = tmp.path().join("event.json");
+    std::fs::write(&path, &event)?;
+    let out = curl(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &format!("@{}", path.display()),
+        &node.url("/v2/event"),
+    ])?;
+    let text = String::from_utf8(out.stdout)?;
+    assert!(text.ends_with("\n413"), "{text}");
+    assert!(text.contains("stored as"), "{text}");
+    let dir = node.dst().join("127.0.0.1").join("events");
+    let stored: Vec<std::fs::DirEntry> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+    assert_eq!(stored.len(), 1);
+    let name = stored[0].file_name().to_string_lossy().into_owned();
+    assert!(name.ends_with(".invalid.json"), "{name}");
+    assert_eq!(sha256(&std::fs::read(stored[0].path())?), sha256(&event));
+    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    assert!(
+        metrics.contains("quorumcast_events_total{result=\"too_large\"} 1"),
+        "{metrics}"
+    );
     Ok(())
 }
 

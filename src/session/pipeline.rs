@@ -43,6 +43,9 @@ pub struct Session {
     recording: RecordingFile,
     counters: Arc<LiveCounters>,
     validator: Validator,
+    /// A content problem was already logged as a warning when found, so that the end of
+    /// the session does not log it a second time.
+    content_warned: bool,
     /// Durable on a majority of the replica set: what acks report.
     durable_tx: watch::Sender<u64>,
     /// Appended (page cache): what the syncer and the replication senders follow.
@@ -103,6 +106,7 @@ impl Session {
             recording,
             counters,
             validator,
+            content_warned: false,
             durable_tx: watch::Sender::new(start),
             written_tx: watch::Sender::new(start),
             start,
@@ -286,6 +290,7 @@ impl Session {
         if let Some(problem) = progress.problem {
             tracing::warn!(id = %self.record.id, line = problem.line, reason = %problem.reason,
                 "recording content is not valid asciicast v2; storing it as received");
+            self.content_warned = true;
         }
         if let Some(header) = progress.header {
             self.record.header = Some(header);
@@ -309,12 +314,7 @@ impl Session {
     async fn finish(mut self, end: End, replicator: Option<&dyn super::Replicator>) -> Outcome {
         let survives = self.manager.admission().survives_node_loss();
         let verdict = self.verdict(end, survives);
-        if let Some(problem) = &verdict.problem {
-            tracing::debug!(id = %self.record.id, reason = %problem.reason, "session ends with a problem");
-        }
-        if self.validator.problem().is_some() {
-            metrics::counter!(m::INVALID_RECORDINGS).increment(1);
-        }
+        self.report_problem(&verdict);
         let len = self.recording.written();
         if verdict.seal {
             self.await_quorum(len).await;
@@ -350,6 +350,25 @@ impl Session {
             record: self.record,
             error: verdict.error,
             reconnect: verdict.reconnect,
+        }
+    }
+
+    /// Bad input is logged as a warning and counted, whatever its kind: content found
+    /// wrong while streaming (already logged then), at the end of the body (an empty body,
+    /// a header or last line left incomplete), a header that never completed, or a stream
+    /// cut. Invalid recordings count in `quorumcast_invalid_recordings_total`; cut ones
+    /// count in `quorumcast_sessions_ended_total{state="aborted"}` where they end.
+    fn report_problem(&self, verdict: &Verdict) {
+        if let Some(problem) = &verdict.problem {
+            let logged = self.content_warned && self.validator.problem() == Some(problem);
+            if !logged {
+                tracing::warn!(id = %self.record.id, line = problem.line,
+                    reason = %problem.reason, state = verdict.state.as_str(),
+                    "session ends with a problem; its bytes are kept as received");
+            }
+        }
+        if self.validator.problem().is_some() || verdict.state == SessionState::Invalid {
+            metrics::counter!(m::INVALID_RECORDINGS).increment(1);
         }
     }
 

@@ -313,6 +313,45 @@ impl SyncHandle {
     }
 }
 
+/// An event file being written, for a body that arrives in pieces (one too large to
+/// hold in memory). Its bytes count only after [`finish`](EventFile::finish).
+pub struct EventFile {
+    /// Shared with the blocking task of each append.
+    file: Arc<File>,
+    /// For error messages.
+    path: PathBuf,
+    /// The path relative to dst, as answered to the client.
+    rel: String,
+    /// Where the next piece goes.
+    written: u64,
+}
+
+impl EventFile {
+    /// Writes `bytes` after what is already in the file.
+    pub async fn append(&mut self, bytes: Bytes) -> Result<(), StorageError> {
+        let (file, path, at) = (self.file.clone(), self.path.clone(), self.written);
+        let len = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at).map_err(io_at(&path)))
+            .await??;
+        self.written += len;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Makes the file durable; returns its path relative to dst.
+    pub async fn finish(self) -> Result<String, StorageError> {
+        let EventFile {
+            file, path, rel, ..
+        } = self;
+        tokio::task::spawn_blocking(move || file.sync_data().map_err(io_at(&path))).await??;
+        Ok(rel)
+    }
+}
+
 impl Storage {
     /// Opens (creating if needed) the recordings tree and the index.
     pub fn open(dst: &Path, statedir: &Path) -> Result<Storage, StorageError> {
@@ -426,13 +465,26 @@ impl Storage {
             .map_err(io_at(&recording.path))
     }
 
-    /// Stores one event body durably; `valid` is false for bodies kept despite bad JSON.
+    /// Stores one event body, durably, as `<dst>/<node dir>/events/<time>-<id>.json`
+    /// (`.invalid.json` if it is not a valid event). Returns the path relative to dst.
     pub async fn store_event(
         &self,
         node_dir: &str,
         body: Bytes,
         valid: bool,
     ) -> Result<String, StorageError> {
+        let mut file = self.create_event_file(node_dir, valid).await?;
+        file.append(body).await?;
+        file.finish().await
+    }
+
+    /// Creates a new, empty event file (see [`store_event`](Self::store_event)) with its
+    /// directory entry durable, for a body written piece by piece.
+    pub async fn create_event_file(
+        &self,
+        node_dir: &str,
+        valid: bool,
+    ) -> Result<EventFile, StorageError> {
         let dir = self.dst.join(node_dir).join("events");
         let stem = format!(
             "{}-{}",
@@ -443,13 +495,16 @@ impl Storage {
         let node_dir = node_dir.to_string();
         tokio::task::spawn_blocking(move || {
             let (path, file) = layout::create_unique(&dir, &stem, ext).map_err(io_at(&dir))?;
-            file.write_all_at(&body, 0).map_err(io_at(&path))?;
-            file.sync_data().map_err(io_at(&path))?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(format!("{node_dir}/events/{name}"))
+            Ok(EventFile {
+                file: Arc::new(file),
+                path,
+                rel: format!("{node_dir}/events/{name}"),
+                written: 0,
+            })
         })
         .await?
     }
@@ -512,6 +567,9 @@ impl Storage {
         for mut record in self.index.list(&live)? {
             let path = self.dst.join(&record.path);
             record.bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if record.header.is_none() {
+                record.header = header_from_file(&path);
+            }
             record.state = SessionState::Aborted;
             record.ended_at = Some(Utc::now());
             if record.problem.is_none() {
@@ -527,9 +585,58 @@ impl Storage {
     }
 }
 
+/// The header of the recording at `path`, parsed from its first line; `None` if there is no
+/// complete, valid header line within the header limit.
+///
+/// Why: the session pipeline indexes the header without waiting for the index commit, so a
+/// crash right after a session's header arrived can leave its record without one. The
+/// header is in the recording itself, and recovery takes it from there, so that the user
+/// and node filters still find the session.
+fn header_from_file(path: &Path) -> Option<crate::asciicast::Header> {
+    use std::io::{BufRead, BufReader, Read};
+    let max = crate::asciicast::Limits::default().max_header_bytes;
+    let file = File::open(path).ok()?;
+    let mut line = Vec::new();
+    BufReader::new(file.take(max as u64 + 1))
+        .read_until(b'\n', &mut line)
+        .ok()?;
+    if line.pop() != Some(b'\n') {
+        return None;
+    }
+    crate::asciicast::parse_header(&line).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn recovery_takes_a_missing_header_from_the_recording() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dst = dir.path().join("dst");
+        let storage = Storage::open(&dst, &dir.path().join("state")).expect("storage");
+        std::fs::create_dir_all(dst.join("n")).expect("node dir");
+        let header = r#"{"version":2,"width":80,"height":24,"sshUser":"alice","srcNode":"laptop"}"#;
+        let files = [
+            ("n/good.cast", format!("{header}\n[0.1,\"o\",\"hi\"]\n")),
+            ("n/cut.cast", header[..20].to_string()),
+            ("n/bad.cast", "not a header\n".to_string()),
+        ];
+        for (i, (path, content)) in files.iter().enumerate() {
+            std::fs::write(dst.join(path), content).expect("write recording");
+            let record = SessionRecord::new_live(format!("s{i}"), "n".into(), (*path).into(), "v2");
+            storage.put_record(record).await.expect("put");
+        }
+        let mut recovered = storage.recover_crashed_sessions().expect("recover");
+        recovered.sort_by(|a, b| a.id.cmp(&b.id));
+        let users: Vec<Option<String>> = recovered
+            .iter()
+            .map(|r| r.header.as_ref().and_then(|h| h.ssh_user.clone()))
+            .collect();
+        assert_eq!(users, vec![Some("alice".to_string()), None, None]);
+        assert!(recovered.iter().all(|r| r.state == SessionState::Aborted));
+        assert_eq!(recovered[0].bytes, files[0].1.len() as u64);
+    }
 
     /// Pages of the first `len` bytes of `file` that are in the page cache.
     fn resident_pages(file: &File, len: usize) -> usize {

@@ -42,7 +42,22 @@ impl Node {
         Node::start_in(root.to_path_buf(), args, &listen)
     }
 
+    /// Starts a node configured by environment variables (`(name, value)`) besides `--listen`.
+    pub fn start_env(root: &Path, envs: &[(&str, String)]) -> Result<Node> {
+        let listen = format!("127.0.0.1:{}", ports::free_port()?);
+        Node::spawn(root.to_path_buf(), Vec::new(), &listen, envs)
+    }
+
     pub fn start_in(dir: PathBuf, args: Vec<String>, listen: &str) -> Result<Node> {
+        Node::spawn(dir, args, listen, &[])
+    }
+
+    fn spawn(
+        dir: PathBuf,
+        args: Vec<String>,
+        listen: &str,
+        envs: &[(&str, String)],
+    ) -> Result<Node> {
         std::fs::create_dir_all(&dir)?;
         let log = dir.join(format!("node-{}.log", std::process::id()));
         let stderr = std::fs::OpenOptions::new()
@@ -51,9 +66,11 @@ impl Node {
             .open(&log)?;
         let mut command = Command::new(BIN);
         command.arg("node");
-        if !args.iter().any(|a| a == "--dst") {
+        let dst_in_env = envs.iter().any(|(name, _)| *name == "TSRECORDER_DST");
+        if !args.iter().any(|a| a == "--dst") && !dst_in_env {
             command.arg("--dst").arg(dir.join("dst"));
         }
+        command.envs(envs.iter().map(|(name, value)| (name, value)));
         let mut child = command
             .arg("--listen")
             .arg(listen)
