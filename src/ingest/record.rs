@@ -317,6 +317,37 @@ fn refusal(status: StatusCode, reason: &str) -> Response {
 mod tests {
     use super::*;
 
+    /// Session ids are only keys (Raft, index, replication), never paths; still, anything
+    /// that could read as one is refused at the door.
+    #[test]
+    fn session_ids_that_could_name_paths_are_refused() {
+        let ext = |id: &[u8]| {
+            let mut headers = http::HeaderMap::new();
+            let value = http::HeaderValue::from_bytes(id).expect("header value");
+            headers.insert(SESSION_HEADER, value);
+            Extension::from_headers(&headers)
+        };
+        for bad in [
+            &b"../../etc/passwd"[..],
+            b"a/b",
+            b"a\\b",
+            b"",
+            b"caf\xc3\xa9",
+            b"a b",
+            &[b'x'; 65][..],
+        ] {
+            assert!(
+                ext(bad).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [&b"c-1"[..], b"0123abcdef.session_1", &[b'x'; 64][..]] {
+            let parsed = ext(good).expect("valid id");
+            assert_eq!(parsed.session.as_deref().map(str::as_bytes), Some(good));
+        }
+    }
+
     #[test]
     fn frames_are_json_lines() {
         let ack: serde_json::Value = serde_json::from_slice(&ack_frame(42)).expect("json");
