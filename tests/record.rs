@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -167,18 +168,48 @@ fn refusing_recorder_is_skipped_for_the_next() -> Result<()> {
 #[test]
 fn enforce_terminates_the_command_when_the_recorder_dies() -> Result<()> {
     let tmp = tempdir();
-    let mut node = Node::start(tmp.path(), &[])?;
+    let (status, err) = enforce_until_the_recorder_dies(tmp.path(), "echo started; sleep 60")?;
+    assert!(!status.success());
+    assert!(!err.trim().is_empty(), "no reason printed");
+    Ok(())
+}
+
+/// A command that ignores SIGHUP is killed (SIGKILL) after the grace, children included.
+#[test]
+fn enforce_kills_a_command_that_ignores_sighup() -> Result<()> {
+    let tmp = tempdir();
+    let pid_file = tmp.path().join("sleep.pid");
+    let script = format!(
+        "trap '' HUP; sleep 60 & echo $! > {}; wait",
+        pid_file.display()
+    );
+    let (status, err) = enforce_until_the_recorder_dies(tmp.path(), &script)?;
+    assert!(!status.success());
+    assert!(!err.trim().is_empty(), "no reason printed");
+    let pid = std::fs::read_to_string(&pid_file)?.trim().to_string();
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc_dir.exists() && Instant::now() < deadline {
+        // Reparented to init once its shell died; gone once reaped.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !proc_dir.exists(),
+        "the command's child {pid} outlived SIGKILL"
+    );
+    Ok(())
+}
+
+/// Runs `script` under `record --enforce` against a node, kills the node with SIGKILL once
+/// the session is live, and waits (at most 40 s) for `record` to end.
+fn enforce_until_the_recorder_dies(
+    dir: &Path,
+    script: &str,
+) -> Result<(std::process::ExitStatus, String)> {
+    let mut node = Node::start(dir, &[])?;
     let mut child = Command::new(BIN)
-        .args([
-            "record",
-            "--recorder",
-            &node.addr,
-            "--enforce",
-            "--",
-            "sh",
-            "-c",
-            "echo started; sleep 60",
-        ])
+        .args(["record", "--recorder", &node.addr, "--enforce", "--"])
+        .args(["sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -196,11 +227,9 @@ fn enforce_terminates_the_command_when_the_recorder_dies() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(!status.success());
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut err)?;
-    assert!(!err.trim().is_empty(), "no reason printed");
-    Ok(())
+    Ok((status, err))
 }
 
 #[test]
