@@ -293,3 +293,106 @@ fn cat_and_play_read_the_samples() -> Result<()> {
     }
     Ok(())
 }
+
+/// `record` on a real terminal, as under sshd: the user's terminal is raw while the command
+/// runs and restored after; a window-size change reaches the command's own terminal and
+/// becomes an `"r"` event in the recording.
+#[test]
+fn on_a_terminal_resizes_become_r_events_and_raw_mode_is_restored() -> Result<()> {
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let size = |cols, rows| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size(80, 24)), None)?;
+    let before = tcgetattr(&pty.slave)?;
+    assert!(before
+        .local_flags
+        .contains(LocalFlags::ICANON | LocalFlags::ECHO));
+    let mut command = Command::new(BIN);
+    command
+        .args(["record", "--recorder", &node.addr, "--"])
+        .args(["sh", "-c", "sleep 3; stty size; sleep 0.2"])
+        .stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave.try_clone()?));
+    // SAFETY: only async-signal-safe calls between fork and exec: a new session whose
+    // controlling terminal is the PTY on stdin, as sshd sets it up.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    // The command holds copies of the terminal's slave side until dropped, and the master
+    // reads end only once no copy is left but `pty.slave`, dropped below.
+    drop(command);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        // Ends with EIO once no one holds the terminal's other side.
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut master, &mut out);
+        (out, master)
+    });
+    node.wait_sessions("live", 1)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tcgetattr(&pty.slave)?
+        .local_flags
+        .contains(LocalFlags::ICANON)
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the terminal never went raw");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!tcgetattr(&pty.slave)?
+        .local_flags
+        .contains(LocalFlags::ECHO));
+    // SAFETY: TIOCSWINSZ on the PTY's slave with a valid winsize: the kernel resizes the
+    // terminal and signals its foreground process group (`record`), as a terminal emulator does.
+    let rc = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCSWINSZ, &size(100, 30)) };
+    assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    let status = child.wait()?;
+    assert!(status.success(), "record failed: {status}");
+    let after = tcgetattr(&pty.slave)?;
+    assert!(
+        after
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO),
+        "terminal not restored"
+    );
+    drop(pty.slave);
+    let (out, _master) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let shown = String::from_utf8_lossy(&out);
+    assert!(
+        shown.contains("30 100"),
+        "the command saw the new size: {shown:?}"
+    );
+    let sessions = node.wait_sessions("complete", 1)?;
+    let recording = String::from_utf8(node.read_recording(&sessions[0])?)?;
+    let header: serde_json::Value =
+        serde_json::from_str(recording.lines().next().unwrap_or_default())?;
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(80), Some(24))
+    );
+    let resizes: Vec<serde_json::Value> = recording
+        .lines()
+        .skip(1)
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event[1] == "r")
+        .collect();
+    assert_eq!(resizes.len(), 1, "{recording}");
+    assert_eq!(resizes[0][2], "100x30");
+    assert!(recording.contains("30 100"), "{recording}");
+    Ok(())
+}
