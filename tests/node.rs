@@ -734,3 +734,58 @@ fn node_dirs_from_tailscaled_whois_are_sanitized() -> Result<()> {
     assert!(!tmp.path().join("etc").exists());
     Ok(())
 }
+
+/// Sessions from one SSH server that start in the same second get one file each: the
+/// second and later ones `<time>-N.cast`, none overwriting another.
+#[test]
+fn sessions_started_in_the_same_second_never_share_a_file() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let bodies: Vec<String> = (0..8)
+        .map(|k| format!("{HEADER}[0.1,\"o\",\"marker-{k}\"]\n"))
+        .collect();
+    let uploads: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (url, body) = (node.url("/v2/record"), body.clone());
+            std::thread::spawn(move || {
+                curl(&[
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "--data-binary",
+                    &body,
+                    &url,
+                ])
+            })
+        })
+        .collect();
+    for upload in uploads {
+        upload
+            .join()
+            .map_err(|_| anyhow::anyhow!("upload panicked"))??;
+    }
+    let sessions = node.wait_sessions("complete", bodies.len())?;
+    let mut paths: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["path"].as_str().unwrap_or_default())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), bodies.len(), "one file per session: {paths:?}");
+    let mut stored: Vec<Vec<u8>> = sessions
+        .iter()
+        .map(|s| node.read_recording(s))
+        .collect::<Result<_>>()?;
+    stored.sort();
+    let mut sent: Vec<Vec<u8>> = bodies.iter().map(|b| b.clone().into_bytes()).collect();
+    sent.sort();
+    assert_eq!(stored, sent, "every session's bytes, none overwritten");
+    // `<RFC 3339 second>Z.cast` for the first of a second, `...Z-<n>.cast` after it.
+    let shared_second = paths.iter().filter(|p| p.contains("Z-")).count();
+    assert!(
+        shared_second > 0,
+        "no two of {} sessions started in the same second, so nothing was tested: {paths:?}",
+        bodies.len()
+    );
+    Ok(())
+}
