@@ -2,9 +2,10 @@
 
 mod common;
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use common::*;
 
 const HEADER: &str = "{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":1700000000,\"sshUser\":\"bob\",\"localUser\":\"root\",\"srcNode\":\"laptop\",\"connectionID\":\"c-1\"}\n";
@@ -788,4 +789,90 @@ fn sessions_started_in_the_same_second_never_share_a_file() -> Result<()> {
         bodies.len()
     );
     Ok(())
+}
+
+/// An ack of N is sent only after an `fdatasync` covering the first N bytes has returned.
+/// A shim preloaded into the node holds every `fdatasync` while a gate file is absent; the
+/// bytes sent meanwhile must stay unacknowledged (keep-alive acks repeat the old offset)
+/// until the gate opens.
+#[test]
+fn acks_wait_for_fdatasync_to_return() -> Result<()> {
+    let tmp = tempdir();
+    let shim = build_fdatasync_gate(tmp.path())?;
+    let gate = tmp.path().join("fdatasync-open");
+    std::fs::write(&gate, b"")?;
+    let envs = [
+        ("LD_PRELOAD", shim.display().to_string()),
+        ("QC_FDATASYNC_GATE", gate.display().to_string()),
+    ];
+    let node = Node::start_env(tmp.path(), &envs)?;
+    let mut upload = H2Upload::v2(&node)?;
+    upload.send(HEADER.as_bytes())?;
+    let header_len = HEADER.len() as u64;
+    upload.wait_ack(header_len)?;
+    // From here on every fdatasync the node starts waits; none that started earlier can
+    // cover bytes written after this point.
+    std::fs::remove_file(&gate)?;
+    let line = b"[0.1,\"o\",\"held until the gate opens\"]\n";
+    upload.send(line)?;
+    let total = header_len + line.len() as u64;
+    let held_until = Instant::now() + Duration::from_millis(2500);
+    let mut acks_meanwhile = Vec::new();
+    while let Some(left) = held_until.checked_duration_since(Instant::now()) {
+        match upload.lines.recv_timeout(left) {
+            Ok(frame) => {
+                let frame: serde_json::Value = serde_json::from_str(&frame)?;
+                acks_meanwhile.push(frame["ack"].as_u64().context("an ack frame")?);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("upload ended"),
+        }
+    }
+    assert!(
+        acks_meanwhile.iter().all(|ack| *ack <= header_len),
+        "bytes acked before their fdatasync returned: {acks_meanwhile:?}"
+    );
+    assert!(
+        acks_meanwhile.len() >= 2,
+        "keep-alive acks stopped while the sync was held: {acks_meanwhile:?}"
+    );
+    std::fs::write(&gate, b"")?;
+    assert_eq!(upload.wait_ack(total)?, total);
+    upload.finish()?;
+    Ok(())
+}
+
+/// Builds (with the system's C compiler) a shared object whose `fdatasync` waits until the
+/// file named by `QC_FDATASYNC_GATE` exists, then calls the real one.
+fn build_fdatasync_gate(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let source = dir.join("fdatasync_gate.c");
+    std::fs::write(
+        &source,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
+int fdatasync(int fd) {
+    static int (*real)(int);
+    const char *gate = getenv("QC_FDATASYNC_GATE");
+    while (gate && access(gate, F_OK) != 0) usleep(5000);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return real(fd);
+}
+"#,
+    )?;
+    let shim = dir.join("fdatasync_gate.so");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .context("a C compiler (cc) is needed; .ci/run installs gcc")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(shim)
 }
