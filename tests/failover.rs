@@ -466,7 +466,7 @@ fn a_session_sealed_without_quorum_is_recorded_as_its_owner_ended_it() -> Result
     assert_complete_everywhere_never_adopted(&set, id, &recording)?;
     let late = |i: usize, outcome: &str| -> Result<bool> {
         let node = set.members[i].node.as_ref().context("node")?;
-        let text = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+        let text = node.get_text("/metrics")?;
         let series = format!("quorumcast_session_ends_late_total{{outcome=\"{outcome}\"}} 1");
         Ok(text.lines().any(|l| l == series))
     };
@@ -852,28 +852,15 @@ fn sessions_started_in_the_same_second_on_different_nodes_never_share_a_file() -
     let bodies: Vec<(usize, String)> = (0..9)
         .map(|k| (k % 3, format!("{HEADER}[0.1,\"o\",\"marker-{k}\"]\n")))
         .collect();
-    let uploads: Vec<_> = bodies
-        .iter()
-        .map(|(node, body)| {
-            let url = format!("http://{}/v2/record", set.members[*node].ingest);
-            let body = body.clone();
-            std::thread::spawn(move || {
-                curl(&[
-                    "-sS",
-                    "--http2-prior-knowledge",
-                    "--data-binary",
-                    &body,
-                    &url,
-                ])
+    curl_uploads_at_once(
+        bodies
+            .iter()
+            .map(|(node, body)| {
+                let url = format!("http://{}/v2/record", set.members[*node].ingest);
+                (url, body.clone())
             })
-        })
-        .collect();
-    for upload in uploads {
-        let out = upload
-            .join()
-            .map_err(|_| anyhow::anyhow!("upload thread panicked"))??;
-        assert!(out.status.success());
-    }
+            .collect(),
+    )?;
     let table = set.sealed_sessions(0, bodies.len())?;
     let mut markers = Vec::new();
     for entry in &table {

@@ -280,7 +280,7 @@ fn bad_recordings_are_kept_and_marked() -> Result<()> {
         assert!(text.contains(reason), "{what}: reason {text:?}");
     }
     assert_eq!(node.sessions("?state=invalid")?.len(), cases.len());
-    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    let metrics = node.get_text("/metrics")?;
     assert!(
         metrics.contains(&format!(
             "quorumcast_invalid_recordings_total {}",
@@ -306,7 +306,7 @@ fn client_disconnect_mid_line_keeps_bytes_and_aborts() -> Result<()> {
         log.contains("WARN") && log.contains("session ends with a problem"),
         "a cut stream is logged as a warning:\n{log}"
     );
-    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    let metrics = node.get_text("/metrics")?;
     assert!(
         metrics.contains("quorumcast_sessions_ended_total{state=\"aborted\"} 1"),
         "{metrics}"
@@ -339,7 +339,7 @@ fn slow_header_is_cut_after_the_header_timeout() -> Result<()> {
         log.contains("WARN") && log.contains("no complete header line"),
         "a header timeout is logged as a warning:\n{log}"
     );
-    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    let metrics = node.get_text("/metrics")?;
     assert!(
         metrics.contains("quorumcast_invalid_recordings_total 1"),
         "a header timeout counts as an invalid recording:\n{metrics}"
@@ -375,7 +375,7 @@ fn full_node_refuses_fast_without_100_continue() -> Result<()> {
         elapsed < Duration::from_millis(900),
         "refusal took {elapsed:?}"
     );
-    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    let metrics = node.get_text("/metrics")?;
     assert!(
         metrics.contains("quorumcast_refusals_total{reason=\"too_many_sessions\"} 1"),
         "{metrics}"
@@ -550,7 +550,7 @@ fn session_list_filters_and_metrics() -> Result<()> {
         &node.url("/api/v1/sessions?state=bogus"),
     ])?;
     assert_eq!(String::from_utf8(bad.stdout)?, "400");
-    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    let metrics = node.get_text("/metrics")?;
     for name in [
         "quorumcast_sessions_live 0",
         "quorumcast_sessions_total{protocol=\"v2\"} 2",
@@ -562,7 +562,7 @@ fn session_list_filters_and_metrics() -> Result<()> {
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
-    let health = String::from_utf8(curl(&["-sS", "--fail", &node.url("/healthz")])?.stdout)?;
+    let health = node.get_text("/healthz")?;
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     assert!(
         health.contains("\"hostname\":\"recorder\""),
@@ -586,7 +586,7 @@ fn tsrecorder_environment_variables_configure_the_node() -> Result<()> {
         ("TSRECORDER_HOSTNAME", "rec-from-env".to_string()),
     ];
     let node = Node::start_env(tmp.path(), &envs)?;
-    let health = String::from_utf8(curl(&["-sS", "--fail", &node.url("/healthz")])?.stdout)?;
+    let health = node.get_text("/healthz")?;
     assert!(health.contains("\"hostname\":\"rec-from-env\""), "{health}");
     let body = format!("{HEADER}[0.1,\"o\",\"x\"]\n");
     curl(&[
@@ -637,7 +637,7 @@ fn oversized_event_is_stored_whole_with_413() -> Result<()> {
     let name = stored[0].file_name().to_string_lossy().into_owned();
     assert!(name.ends_with(".invalid.json"), "{name}");
     assert_eq!(sha256(&std::fs::read(stored[0].path())?), sha256(&event));
-    let metrics = String::from_utf8(curl(&["-sS", &node.url("/metrics")])?.stdout)?;
+    let metrics = node.get_text("/metrics")?;
     assert!(
         metrics.contains("quorumcast_events_total{result=\"too_large\"} 1"),
         "{metrics}"
@@ -745,26 +745,12 @@ fn sessions_started_in_the_same_second_never_share_a_file() -> Result<()> {
     let bodies: Vec<String> = (0..8)
         .map(|k| format!("{HEADER}[0.1,\"o\",\"marker-{k}\"]\n"))
         .collect();
-    let uploads: Vec<_> = bodies
-        .iter()
-        .map(|body| {
-            let (url, body) = (node.url("/v2/record"), body.clone());
-            std::thread::spawn(move || {
-                curl(&[
-                    "-sS",
-                    "--http2-prior-knowledge",
-                    "--data-binary",
-                    &body,
-                    &url,
-                ])
-            })
-        })
-        .collect();
-    for upload in uploads {
-        upload
-            .join()
-            .map_err(|_| anyhow::anyhow!("upload panicked"))??;
-    }
+    curl_uploads_at_once(
+        bodies
+            .iter()
+            .map(|body| (node.url("/v2/record"), body.clone()))
+            .collect(),
+    )?;
     let sessions = node.wait_sessions("complete", bodies.len())?;
     let mut paths: Vec<&str> = sessions
         .iter()

@@ -156,6 +156,13 @@ impl Node {
         }
     }
 
+    /// The body of `GET path` as text; fails on an HTTP error status.
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        Ok(String::from_utf8(
+            curl(&["-sS", "--fail", &self.url(path)])?.stdout,
+        )?)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -217,6 +224,32 @@ pub fn curl(args: &[&str]) -> Result<std::process::Output> {
         .output()
         .context("run curl")?;
     Ok(out)
+}
+
+/// Uploads each `(url, body)` with `curl --http2-prior-knowledge`, all at once (one thread
+/// each, so that they start in the same second), and checks that every curl succeeded.
+pub fn curl_uploads_at_once(uploads: Vec<(String, String)>) -> Result<()> {
+    let threads: Vec<_> = uploads
+        .into_iter()
+        .map(|(url, body)| {
+            std::thread::spawn(move || {
+                curl(&[
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "--data-binary",
+                    &body,
+                    &url,
+                ])
+            })
+        })
+        .collect();
+    for thread in threads {
+        let out = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("upload thread panicked"))??;
+        anyhow::ensure!(out.status.success(), "curl failed: {out:?}");
+    }
+    Ok(())
 }
 
 /// A streaming v2 upload over h2c, written here with hyper's low-level client (not the
