@@ -885,6 +885,25 @@ impl StateReader {
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         read_lock(&self.applied).last_applied
     }
+
+    /// An empty state with no Raft behind it, for tests of the modules that read it.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> StateReader {
+        StateReader {
+            applied: Arc::new(RwLock::new(Applied::default())),
+        }
+    }
+
+    /// Applies `cmd` as if Raft had committed it, for tests.
+    #[cfg(test)]
+    pub(crate) fn apply_for_tests(
+        &self,
+        cmd: &crate::cluster::types::Command,
+        members: &std::collections::BTreeSet<NodeId>,
+    ) -> CommandResponse {
+        let mut applied = self.applied.write().unwrap_or_else(|p| p.into_inner());
+        applied.state.apply(cmd, members)
+    }
 }
 
 impl StateMachineStore {

@@ -47,6 +47,9 @@ pub struct Copies {
 /// One session's copy.
 pub struct Copy {
     pub session: String,
+    /// The applied Raft state: every append is checked against the epoch Raft gave the
+    /// session, which may have moved on without this copy's fence hearing of it.
+    state: StateReader,
     inner: tokio::sync::Mutex<CopyInner>,
     written: watch::Sender<u64>,
     durable: watch::Sender<u64>,
@@ -165,6 +168,7 @@ impl Copies {
         let cache = Mutex::new(CacheRelease::new(file.sync_handle(), 0));
         let copy = Arc::new(Copy {
             session: session.to_string(),
+            state: self.state.clone(),
             cache,
             inner: tokio::sync::Mutex::new(CopyInner {
                 file,
@@ -277,15 +281,24 @@ impl Copy {
         Ok(())
     }
 
+    /// The epoch the applied Raft state gives this copy's session (0 if unknown).
+    fn raft_epoch(&self) -> u64 {
+        self.state
+            .read(|s| s.session(&self.session).map(|e| e.epoch).unwrap_or(0))
+    }
+
     /// Appends bytes at `offset` for a writer at `epoch`; returns the copy's new length.
+    ///
+    /// Checked against the applied Raft epoch on every append, not only when a stream
+    /// opens: a takeover may go ahead without this node's fence (a majority answered), and
+    /// once Raft has given the session a newer epoch, an older owner's open stream must
+    /// not write here any more.
     pub async fn append(&self, epoch: u64, offset: u64, bytes: Bytes) -> Result<u64, CopyError> {
         let mut inner = self.inner.lock().await;
-        if epoch < inner.fence {
+        let fence = inner.fence.max(self.raft_epoch());
+        if epoch < fence {
             metrics::counter!(m::STALE_WRITES_REFUSED).increment(1);
-            return Err(CopyError::Stale {
-                epoch,
-                fence: inner.fence,
-            });
+            return Err(CopyError::Stale { epoch, fence });
         }
         let mut len = inner.file.written();
         if offset > len {
@@ -396,5 +409,89 @@ async fn sync_loop(copy: Arc<Copy>, storage: Storage, shutdown: CancellationToke
             _ = copy.closed.cancelled() => return,
             changed = written.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::cluster::types::{Command, CommandResponse};
+
+    fn claimed_epoch(response: CommandResponse) -> u64 {
+        match response {
+            CommandResponse::Claimed { epoch, .. } => epoch,
+            other => panic!("expected Claimed, got {other:?}"),
+        }
+    }
+
+    /// A copy takes bytes only at or before its end, from a writer at the current epoch;
+    /// once Raft gives the session a newer epoch, an open stream of the older owner is
+    /// refused although this copy's own fence never heard of the takeover.
+    #[tokio::test]
+    async fn appends_refuse_gaps_and_epochs_raft_has_moved_past() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage =
+            Storage::open(&dir.path().join("dst"), &dir.path().join("state")).expect("storage");
+        let state = StateReader::for_tests();
+        let members: BTreeSet<u64> = [1, 2, 3].into_iter().collect();
+        let claim = Command::ClaimSession {
+            id: "s".into(),
+            owner: 1,
+            node_dir: "n".into(),
+            file_name: "f.cast".into(),
+            started_at_ms: 0,
+            up: vec![1, 2, 3],
+        };
+        assert_eq!(claimed_epoch(state.apply_for_tests(&claim, &members)), 1);
+        let copies = Copies::new(
+            storage,
+            state.clone(),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        );
+        let open = OpenCopy {
+            version: 1,
+            session: "s".into(),
+            epoch: 1,
+            owner: 1,
+            node_dir: "n".into(),
+            file_name: "f.cast".into(),
+        };
+        let copy = copies.open(&open).await.expect("open");
+        assert_eq!(
+            copy.append(1, 0, Bytes::from_static(b"abc")).await.ok(),
+            Some(3)
+        );
+        // The overlap is skipped, the rest appended.
+        assert_eq!(
+            copy.append(1, 1, Bytes::from_static(b"bcde")).await.ok(),
+            Some(5)
+        );
+        assert!(matches!(
+            copy.append(1, 9, Bytes::from_static(b"x")).await,
+            Err(CopyError::Gap { offset: 9, len: 5 })
+        ));
+        let take_over = Command::TakeOver {
+            id: "s".into(),
+            new_owner: 2,
+            from_epoch: 1,
+            up: vec![1, 2, 3],
+        };
+        let response = state.apply_for_tests(&take_over, &members);
+        assert!(
+            !matches!(response, CommandResponse::Rejected { .. }),
+            "{response:?}"
+        );
+        assert!(matches!(
+            copy.append(1, 5, Bytes::from_static(b"stale")).await,
+            Err(CopyError::Stale { epoch: 1, fence: 2 })
+        ));
+        assert_eq!(
+            copy.append(2, 5, Bytes::from_static(b"f")).await.ok(),
+            Some(6)
+        );
+        copies.forget("s");
     }
 }
