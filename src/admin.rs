@@ -147,11 +147,11 @@ fn print_status(status: &Value) {
         other => other.to_string(),
     };
     println!(
-        "node {}  leader {}  term {}  committed {}  applied {}",
+        "node {}  leader {}  term {}  last log {}  applied {}",
         text(&status["node_id"]),
         text(&status["leader"]),
         text(&status["term"]),
-        text(&status["committed"]),
+        text(&status["last_log"]),
         text(&status["applied"])
     );
     println!(

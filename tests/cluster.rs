@@ -104,6 +104,11 @@ fn killing_the_leader_elects_another_and_the_old_one_rejoins() -> Result<()> {
         if rejoined["applied"] == reference["applied"]
             && rejoined["term"].as_u64() > Some(term_before)
         {
+            // What it applied is in its log: the log reaches at least that far.
+            assert!(
+                rejoined["last_log"].as_u64() >= rejoined["applied"].as_u64(),
+                "{rejoined}"
+            );
             break;
         }
         if Instant::now() > deadline {

@@ -862,3 +862,43 @@ int fdatasync(int fd) {
     );
     Ok(shim)
 }
+
+/// A new session may not reuse an id the node already has (our extension's
+/// `Quorumcast-Session`): `409`, and the earlier session's record and bytes stay.
+#[test]
+fn a_new_session_reusing_a_known_id_gets_409_and_changes_nothing() -> Result<()> {
+    let tmp = tempdir();
+    let node = Node::start(tmp.path(), &[])?;
+    let upload = |body: &str| -> Result<String> {
+        let out = curl(&[
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "--http2-prior-knowledge",
+            "-H",
+            "Quorumcast-Session: reused-id-1",
+            "--data-binary",
+            body,
+            &node.url("/v2/record"),
+        ])?;
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let first = format!("{HEADER}[0.1,\"o\",\"first\"]\n");
+    let answer = upload(&first)?;
+    assert!(answer.ends_with("\n200"), "{answer}");
+    let sessions = node.wait_sessions("complete", 1)?;
+    let answer = upload(&format!("{HEADER}[0.1,\"o\",\"second\"]\n"))?;
+    assert!(answer.ends_with("\n409"), "{answer}");
+    assert!(answer.contains("already exists"), "{answer}");
+    let after = node.sessions("")?;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["id"], "reused-id-1");
+    assert_eq!(after[0]["path"], sessions[0]["path"]);
+    assert_eq!(node.read_recording(&after[0])?, first.as_bytes());
+    let metrics = node.get_text("/metrics")?;
+    assert!(
+        metrics.contains("quorumcast_refusals_total{reason=\"conflict\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 
 use super::member::Member;
-use super::state::NAME_TAKEN;
+use super::state::{NAME_TAKEN, SESSION_EXISTS};
 use super::types::{ClusterSessionState, Command, CommandResponse, DiskState};
 use super::ClusterError;
 use crate::metrics as m;
@@ -76,6 +76,11 @@ impl Admission for ClusterAdmission {
                 }
                 Ok(Ok(CommandResponse::Rejected { reason })) if reason.starts_with(NAME_TAKEN) => {
                     Err(Refusal::NameTaken(reason))
+                }
+                Ok(Ok(CommandResponse::Rejected { reason }))
+                    if reason.starts_with(SESSION_EXISTS) =>
+                {
+                    Err(Refusal::Conflict(reason))
                 }
                 Ok(Ok(CommandResponse::Rejected { reason })) => Err(Refusal::ClaimFailed(reason)),
                 Ok(Ok(other)) => Err(Refusal::ClaimFailed(format!("unexpected answer {other:?}"))),

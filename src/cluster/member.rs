@@ -91,7 +91,10 @@ pub struct Status {
     pub leader: Option<NodeId>,
     pub term: u64,
     pub state: String,
-    pub committed: Option<u64>,
+    /// Index of the last entry in this node's log (appended, not necessarily committed:
+    /// openraft 0.9 does not export the commit index).
+    pub last_log: Option<u64>,
+    /// Index of the last entry this node applied (committed by definition).
     pub applied: Option<u64>,
     /// Last log index covered by this node's latest snapshot.
     pub snapshot: Option<u64>,
@@ -539,7 +542,7 @@ impl Member {
             leader: metrics.current_leader,
             term: metrics.current_term,
             state: format!("{:?}", metrics.state),
-            committed: metrics.last_log_index,
+            last_log: metrics.last_log_index,
             applied: metrics.last_applied.map(|l| l.index),
             snapshot: metrics.snapshot.map(|l| l.index),
             purged: metrics.purged.map(|l| l.index),

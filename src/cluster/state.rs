@@ -95,6 +95,8 @@ fn name_of(session: &SessionEntry) -> (String, String) {
 /// Start of the rejection reason of a claim whose recording name another session holds;
 /// the claimant retries with the next name.
 pub const NAME_TAKEN: &str = "file name taken";
+/// Start of the rejection of a claim whose session id the set already has.
+pub const SESSION_EXISTS: &str = "session already exists";
 
 /// Internal result of one rule: the reply, or the reason for a rejection.
 type Outcome = Result<CommandResponse, String>;
@@ -222,7 +224,7 @@ impl ClusterState {
             // gets the answer the first one got, instead of a refusal of a session this
             // very node holds.
             if !same_claim(existing, &entry) {
-                return Err(format!("session {} already exists", entry.id));
+                return Err(format!("{SESSION_EXISTS}: {}", entry.id));
             }
             return Ok(CommandResponse::Claimed {
                 epoch: existing.epoch,

@@ -342,10 +342,30 @@ impl SessionManager {
         client_id: Option<String>,
     ) -> Result<Session, Refusal> {
         let permit = self.admit(node_dir)?;
+        let chosen_by_client = client_id.is_some();
         let id = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        self.create(id, node_dir, protocol, permit)
+        self.create(id, node_dir, protocol, permit, chosen_by_client)
             .await
             .map_err(|r| self.refused(r, node_dir))
+    }
+
+    /// A new session may not take an id this node already knows: live, arriving, or in
+    /// the index (an ended session, or a copy). Without this a standalone node would
+    /// replace the earlier session's index record (the index is keyed by id); in a set
+    /// the claim refuses it too, and both answer `409` (docs/protocol.md).
+    async fn refuse_known_id(&self, id: &str) -> Result<(), Refusal> {
+        let arriving_elsewhere = self
+            .arriving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|count| *count > 1);
+        if arriving_elsewhere || self.is_live(id) || self.storage.get_record(id).await?.is_some() {
+            return Err(Refusal::Conflict(format!(
+                "session {id} already exists; a client continues one with Quorumcast-Resume"
+            )));
+        }
+        Ok(())
     }
 
     /// Continues session `id` here after its owner was lost: a takeover through the
@@ -399,8 +419,12 @@ impl SessionManager {
         node_dir: &str,
         protocol: &str,
         permit: OwnedSemaphorePermit,
+        chosen_by_client: bool,
     ) -> Result<Session, Refusal> {
         let _arriving = Arriving::mark(&self.arriving, &id);
+        if chosen_by_client {
+            self.refuse_known_id(&id).await?;
+        }
         let started = Utc::now();
         let (claim, recording) = self.reserve_name(&id, node_dir, started).await?;
         let mut record = SessionRecord::new_live(
