@@ -757,8 +757,11 @@ fn losing_two_of_three_recorders_terminates_an_enforced_command_within_the_deadl
         !status.success(),
         "enforce command kept running without a majority"
     );
-    // Ack timeout (30 s default) or connection loss, then the 3 s failover deadline.
-    assert!(took < Duration::from_secs(38), "took {took:?}");
+    // A killed node's connections reset at once, so the client gives up at the 3 s
+    // failover deadline; 7 s of slack for a loaded machine (measured: 3.0 s).
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line reason: {err}");
+    assert!(err.contains("no recorder took over within 3s"), "{err}");
     // What the survivor holds is a prefix of the client's stream.
     let node = set.members[survivor].node.as_ref().context("survivor")?;
     let record = node
