@@ -160,6 +160,22 @@ fn every_replica_stores_the_same_bytes_and_the_set_lists_the_session_once() -> R
     let set = Set::start(3, "")?;
     let (code, body) = set.upload(0)?;
     assert_eq!(code, 200, "{body}");
+    assert_replicated_everywhere(&set, "v2")
+}
+
+/// v1 (`POST /record`, claimed before `100 Continue`) in a set: replicated and sealed
+/// like v2.
+#[test]
+fn a_v1_upload_to_a_set_is_replicated_to_every_node() -> Result<()> {
+    let set = Set::start(3, "")?;
+    let (code, body) = set.upload_v1(1)?;
+    assert_eq!(code, 200, "{body}");
+    assert_replicated_everywhere(&set, "v1")
+}
+
+/// The set's one session (the sample) is sealed, listed once by every node, and its copy
+/// on each node is the sample byte for byte, at the same path.
+fn assert_replicated_everywhere(set: &Set, protocol: &str) -> Result<()> {
     let entry = &set.cluster_sessions(1)?[0];
     let id = entry["id"].as_str().context("id")?.to_string();
     assert_eq!(entry["state"], "sealed");
@@ -185,6 +201,13 @@ fn every_replica_stores_the_same_bytes_and_the_set_lists_the_session_once() -> R
             "each node lists the session once"
         );
     }
+    let owner_records: Vec<serde_json::Value> = (0..3)
+        .map(|i| local_copy(set, i, &id, "complete"))
+        .collect::<Result<_>>()?;
+    assert!(
+        owner_records.iter().any(|r| r["protocol"] == protocol),
+        "the owner's record names {protocol}: {owner_records:?}"
+    );
     let listed = set.cluster_sessions(2)?;
     assert_eq!(listed.len(), 1);
     for node in ["1", "2", "3"] {

@@ -147,16 +147,31 @@ impl Set {
 
     /// One v2 upload of the seed sample through curl to member `i`; the HTTP status.
     pub fn upload(&self, i: usize) -> Result<(u16, String)> {
+        let url = format!("http://{}/v2/record", self.members[i].ingest);
+        self.upload_with(i, &["--http2-prior-knowledge"], &url)
+    }
+
+    /// The sample uploaded to member `i` over v1 (`POST /record`, HTTP/1.1, chunked, with
+    /// `Expect: 100-continue`), as a Tailscale SSH server without h2c does.
+    pub fn upload_v1(&self, i: usize) -> Result<(u16, String)> {
+        let url = format!("http://{}/record", self.members[i].ingest);
+        let v1 = [
+            "--http1.1",
+            "-H",
+            "Expect: 100-continue",
+            "-H",
+            "Transfer-Encoding: chunked",
+        ];
+        self.upload_with(i, &v1, &url)
+    }
+
+    fn upload_with(&self, i: usize, protocol: &[&str], url: &str) -> Result<(u16, String)> {
         let sample = samples().join("seed-echo-hi.cast");
-        let out = curl(&[
-            "-sS",
-            "--http2-prior-knowledge",
-            "-w",
-            "\n%{http_code}",
-            "--data-binary",
-            &format!("@{}", sample.display()),
-            &format!("http://{}/v2/record", self.members[i].ingest),
-        ])?;
+        let data = format!("@{}", sample.display());
+        let mut args = vec!["-sS", "-w", "\n%{http_code}", "--data-binary", &data];
+        args.extend_from_slice(protocol);
+        args.push(url);
+        let out = curl(&args)?;
         let text = String::from_utf8(out.stdout)?;
         let (body, code) = text.rsplit_once('\n').context("no status")?;
         let code: u16 = code.parse()?;
