@@ -181,7 +181,7 @@ fn assert_replicated_everywhere(set: &Set, protocol: &str) -> Result<()> {
     assert_eq!(entry["state"], "sealed");
     let sample = std::fs::read(samples().join("seed-echo-hi.cast"))?;
     for i in 0..3 {
-        let record = local_copy(&set, i, &id, "complete")?;
+        let record = local_copy(set, i, &id, "complete")?;
         let node = set.members[i].node.as_ref().context("node")?;
         let stored = node.read_recording(&record)?;
         assert_eq!(
@@ -192,7 +192,7 @@ fn assert_replicated_everywhere(set: &Set, protocol: &str) -> Result<()> {
         );
         assert_eq!(
             record["path"],
-            local_copy(&set, 0, &id, "complete")?["path"],
+            local_copy(set, 0, &id, "complete")?["path"],
             "same path everywhere"
         );
         assert_eq!(
