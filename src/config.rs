@@ -407,6 +407,35 @@ mod tests {
         assert_eq!(cluster.heartbeat, Duration::from_millis(75));
     }
 
+    /// The configs shipped in `cluster-configs/local-3node/` resolve, agree on the set,
+    /// and each names itself in it.
+    #[test]
+    fn shipped_local_3node_configs_resolve_and_agree() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-configs/local-3node");
+        let mut member_lists = Vec::new();
+        for id in 1..=3u64 {
+            let args = NodeArgs {
+                config: Some(dir.join(format!("node{id}.toml"))),
+                ..NodeArgs::default()
+            };
+            let config = args.resolve().expect("shipped config resolves");
+            assert_eq!(config.dst, dir.join(format!("data/node{id}/recordings")));
+            assert_eq!(config.listen.port(), 8080 + id as u16);
+            let cluster = config.cluster.expect("a [cluster] section");
+            assert_eq!(cluster.node_id, id);
+            assert_eq!(cluster.listen.port(), 7000 + id as u16);
+            assert!(cluster.cert.starts_with(&dir), "{:?}", cluster.cert);
+            let members: Vec<(u64, String, String)> = cluster
+                .initial_members
+                .iter()
+                .map(|m| (m.id, m.cluster_addr.clone(), m.ingest_addr.clone()))
+                .collect();
+            member_lists.push(members);
+        }
+        assert_eq!(member_lists[0].len(), 3);
+        assert!(member_lists.iter().all(|m| *m == member_lists[0]));
+    }
+
     #[test]
     fn cluster_members_must_include_self() {
         let dir = tempfile::tempdir().expect("tempdir");
