@@ -409,6 +409,25 @@ fn a_learner_is_added_promoted_and_removed() -> Result<()> {
         "--ingest-addr",
         &ingest,
     ])?;
+    let role_of_4 = |status: &Value| {
+        status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"] == 4)
+            .and_then(|m| m["role"].as_str().map(str::to_string))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = set.status(1)?;
+        if role_of_4(&status).as_deref() == Some("learner") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("node 4 never listed as a learner: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     run(&["cluster", "promote", "--node", via, "--id", "4"])?;
     let status = set.status(0)?;
     let roles: Vec<(u64, String)> = status["members"]

@@ -163,6 +163,59 @@ fn every_replica_stores_the_same_bytes_and_the_set_lists_the_session_once() -> R
     assert_replicated_everywhere(&set, "v2")
 }
 
+/// `cluster sessions --live` lists only live sessions (the full list has the sealed one
+/// too); `cluster status` counts each member's live sessions and says how long ago the
+/// asking node heard from each other member.
+#[test]
+fn cluster_sessions_live_and_status_show_what_runs_where() -> Result<()> {
+    let set = Set::start(3, "")?;
+    let (code, body) = set.upload(0)?;
+    assert_eq!(code, 200, "{body}");
+    let (mut live, _) = resumable(&set.members[1].ingest, "still-live-1", None)?;
+    live.send(HEADER.as_bytes())?;
+    live.wait_ack(HEADER.len() as u64)?;
+    let listed: Vec<Value> = eventually(20, "the live session listed", || {
+        let out = run(&[
+            "cluster",
+            "sessions",
+            "--live",
+            "--json",
+            "--node",
+            &set.members[2].ingest,
+        ])?;
+        let listed: Vec<Value> = serde_json::from_str(&out)?;
+        Ok((!listed.is_empty()).then_some(listed))
+    })?;
+    let ids: Vec<&str> = listed.iter().filter_map(|s| s["id"].as_str()).collect();
+    assert_eq!(ids, ["still-live-1"]);
+    assert_eq!(set.cluster_sessions(2)?.len(), 2);
+    let status = set.status(1)?;
+    let members = status["members"].as_array().context("members")?;
+    let live_counts: Vec<(u64, u64)> = members
+        .iter()
+        .map(|m| {
+            let id = m["id"].as_u64().unwrap_or(0);
+            (id, m["live_sessions"].as_u64().unwrap_or(u64::MAX))
+        })
+        .collect();
+    assert_eq!(live_counts, [(1, 0), (2, 1), (3, 0)], "{status}");
+    let contact = |id: u64| {
+        members
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| &m["last_contact_ms"])
+    };
+    assert_eq!(contact(2), Some(&Value::Null), "none for itself: {status}");
+    assert!(
+        [1, 3].iter().any(|id| contact(*id)
+            .and_then(Value::as_u64)
+            .is_some_and(|ms| ms < 10_000)),
+        "recent contact with another member: {status}"
+    );
+    live.finish()?;
+    Ok(())
+}
+
 /// v1 (`POST /record`, claimed before `100 Continue`) in a set: replicated and sealed
 /// like v2.
 #[test]
