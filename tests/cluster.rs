@@ -37,8 +37,31 @@ fn three_nodes_elect_a_leader_and_claim_sessions_through_raft() -> Result<()> {
         "quorumcast_raft_is_leader",
         "quorumcast_claim_seconds_bucket",
         "quorumcast_raft_members 3",
+        "quorumcast_raft_leader_id ",
+        "quorumcast_raft_last_log_index ",
+        "quorumcast_raft_applied_index ",
     ] {
         assert!(metrics.contains(name), "missing {name}");
+    }
+    // Every member's disk state, as the set knows it (0 = ok); reported within a
+    // disk check interval of start-up, hence the wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = String::from_utf8(
+            curl(&["-s", &format!("http://{}/metrics", set.members[1].ingest)])?.stdout,
+        )?;
+        let ok = (1..=3).all(|node| {
+            metrics
+                .lines()
+                .any(|l| l == format!("quorumcast_disk_state{{node=\"{node}\"}} 0"))
+        });
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no disk state of every member in:\n{metrics}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
 }
