@@ -67,13 +67,19 @@ pub async fn monitor(member: Arc<Member>, dst: std::path::PathBuf, shutdown: Can
         member.set_local_disk(state);
         metrics::gauge!(m::DISK_FREE_BYTES).set(free as f64);
         metrics::gauge!(m::DISK_TOTAL_BYTES).set(total as f64);
-        let due = match reported {
-            None => true,
-            Some((last, at)) => last != state || at.elapsed() >= SLOW_REPORT_PACE,
-        };
-        if due && report(&member, state, free, total).await {
+        if report_due(reported, state, Instant::now()) && report(&member, state, free, total).await
+        {
             reported = Some((state, Instant::now()));
         }
+    }
+}
+
+/// Whether a sample of `state` taken at `now` is reported, given the last committed
+/// report: the first one, on a change, else once per [`SLOW_REPORT_PACE`].
+fn report_due(reported: Option<(DiskState, Instant)>, state: DiskState, now: Instant) -> bool {
+    match reported {
+        None => true,
+        Some((last, at)) => last != state || now.duration_since(at) >= SLOW_REPORT_PACE,
     }
 }
 
@@ -100,6 +106,44 @@ async fn report(member: &Member, state: DiskState, free_bytes: u64, total_bytes:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sample every 200 ms for ten minutes with one change of state: 1 + 1 + one per
+    /// minute of reports, not 3000.
+    #[test]
+    fn reports_go_out_on_a_change_or_once_a_minute() {
+        let start = Instant::now();
+        let mut reported = None;
+        let mut reports = Vec::new();
+        for tick in 0..3000u64 {
+            let now = start + Duration::from_millis(200 * tick);
+            let state = if tick >= 1500 {
+                DiskState::Pressure
+            } else {
+                DiskState::Ok
+            };
+            if report_due(reported, state, now) {
+                reported = Some((state, now));
+                reports.push((tick, state));
+            }
+        }
+        let at = |tick| (tick, DiskState::Ok);
+        let pressed = |tick| (tick, DiskState::Pressure);
+        assert_eq!(
+            reports,
+            [
+                at(0),
+                at(300),
+                at(600),
+                at(900),
+                at(1200),
+                pressed(1500),
+                pressed(1800),
+                pressed(2100),
+                pressed(2400),
+                pressed(2700),
+            ]
+        );
+    }
 
     #[test]
     fn sampling_a_real_file_system_gives_sane_numbers() {
