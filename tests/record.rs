@@ -168,7 +168,9 @@ fn refusing_recorder_is_skipped_for_the_next() -> Result<()> {
 #[test]
 fn enforce_terminates_the_command_when_the_recorder_dies() -> Result<()> {
     let tmp = tempdir();
-    let (status, err) = enforce_until_the_recorder_dies(tmp.path(), "echo started; sleep 60")?;
+    let ready = tmp.path().join("started");
+    let script = format!("echo started > {}; sleep 60", ready.display());
+    let (status, err) = enforce_until_the_recorder_dies(tmp.path(), &script, &ready)?;
     assert!(!status.success());
     assert!(!err.trim().is_empty(), "no reason printed");
     Ok(())
@@ -183,7 +185,7 @@ fn enforce_kills_a_command_that_ignores_sighup() -> Result<()> {
         "trap '' HUP; sleep 60 & echo $! > {}; wait",
         pid_file.display()
     );
-    let (status, err) = enforce_until_the_recorder_dies(tmp.path(), &script)?;
+    let (status, err) = enforce_until_the_recorder_dies(tmp.path(), &script, &pid_file)?;
     assert!(!status.success());
     assert!(!err.trim().is_empty(), "no reason printed");
     let pid = std::fs::read_to_string(&pid_file)?.trim().to_string();
@@ -201,10 +203,12 @@ fn enforce_kills_a_command_that_ignores_sighup() -> Result<()> {
 }
 
 /// Runs `script` under `record --enforce` against a node, kills the node with SIGKILL once
-/// the session is live, and waits (at most 40 s) for `record` to end.
+/// the session is live and the script has written `ready` (so it runs, traps set, when its
+/// recorder dies), and waits (at most 40 s) for `record` to end.
 fn enforce_until_the_recorder_dies(
     dir: &Path,
     script: &str,
+    ready: &Path,
 ) -> Result<(std::process::ExitStatus, String)> {
     let mut node = Node::start(dir, &[])?;
     let mut child = Command::new(BIN)
@@ -215,6 +219,14 @@ fn enforce_until_the_recorder_dies(
         .stderr(Stdio::piped())
         .spawn()?;
     node.wait_sessions("live", 1)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(ready).map_or(true, |m| m.len() == 0) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the script never wrote {ready:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     node.kill9();
     let killed_at = Instant::now();
     let status = loop {
@@ -318,7 +330,13 @@ fn on_a_terminal_resizes_become_r_events_and_raw_mode_is_restored() -> Result<()
     let mut command = Command::new(BIN);
     command
         .args(["record", "--recorder", &node.addr, "--"])
-        .args(["sh", "-c", "sleep 3; stty size; sleep 0.2"])
+        // Waits (up to 10 s) for its terminal to change size, then shows the size it has.
+        .args([
+            "sh",
+            "-c",
+            "i=0; while [ \"$(stty size)\" = '24 80' ] && [ $i -lt 100 ]; \
+             do sleep 0.1; i=$((i+1)); done; stty size; sleep 0.2",
+        ])
         .stdin(Stdio::from(pty.slave.try_clone()?))
         .stdout(Stdio::from(pty.slave.try_clone()?))
         .stderr(Stdio::from(pty.slave.try_clone()?));

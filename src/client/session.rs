@@ -331,10 +331,19 @@ struct Session {
     /// Our stdout; `None` after a write failed (e.g. the reader went away): we stop mirroring
     /// but keep recording.
     stdout: Option<tokio::io::Stdout>,
+    /// The PTY's size: the header's, then the last one applied. A resize to the same size is
+    /// not recorded again.
+    size: Size,
     /// Restores the user's terminal when dropped; `None` without a terminal.
     raw_mode: Option<RawModeGuard>,
     /// Copies stdin into the PTY.
     stdin_task: JoinHandle<()>,
+    /// SIGWINCH, with a terminal. Watched from before raw mode and the command's start: a
+    /// resize arriving earlier than the pump would otherwise be lost (ignored by default).
+    winch: Option<tokio::signal::unix::Signal>,
+    /// Signals passed on to the command, watched from before it starts for the same reason
+    /// (a SIGTERM's default action would leave the user's terminal raw).
+    forwarded: ForwardedSignals,
 }
 
 impl Session {
@@ -345,6 +354,14 @@ impl Session {
         tty: bool,
         mut recording: Recording,
     ) -> Result<Self, ClientError> {
+        let winch = match tty {
+            true => Some(
+                signal(SignalKind::window_change())
+                    .map_err(ClientError::io("watching SIGWINCH"))?,
+            ),
+            false => None,
+        };
+        let forwarded = ForwardedSignals::new()?;
         // Raw mode first: if it fails, no command is left running.
         let raw_mode = tty.then(RawModeGuard::enter).transpose()?;
         recording.raw = tty;
@@ -363,8 +380,11 @@ impl Session {
             recording,
             tty,
             stdout: Some(tokio::io::stdout()),
+            size,
             raw_mode,
             stdin_task,
+            winch,
+            forwarded,
         })
     }
 
@@ -384,18 +404,15 @@ impl Session {
 
     /// Pumps until the command has exited and its output is drained.
     async fn pump(&mut self) -> Result<ExitStatus, ClientError> {
-        let mut winch = match self.tty {
-            true => Some(
-                signal(SignalKind::window_change())
-                    .map_err(ClientError::io("watching SIGWINCH"))?,
-            ),
-            false => None,
-        };
-        let mut forwarded = ForwardedSignals::new()?;
         let mut buf = vec![0u8; PTY_READ_CHUNK];
         let mut status = None;
         let mut drain_until: Option<Instant> = None;
         let mut pty_open = true;
+        // The size was read before connecting to a recorder; a change since then sent its
+        // SIGWINCH before we watched for it.
+        if self.tty {
+            self.resize().await?;
+        }
         loop {
             if let Some(status) = status.filter(|_| !pty_open) {
                 return Ok(status);
@@ -417,8 +434,8 @@ impl Session {
                 }
                 // A background process still holds the PTY open: stop waiting for its EOF.
                 () = sleep_until_some(drain_until) => pty_open = false,
-                Some(()) = next_winch(&mut winch) => self.resize().await?,
-                sig = forwarded.recv() => pty::signal_groups(&self.child, &self.pty, sig),
+                Some(()) = next_winch(&mut self.winch) => self.resize().await?,
+                sig = self.forwarded.recv() => pty::signal_groups(&self.child, &self.pty, sig),
                 error = self.recording.broken() => self.recording.stream_broke(error)?,
             }
         }
@@ -429,6 +446,10 @@ impl Session {
         let Some(size) = pty::terminal_size(std::io::stdin()) else {
             return Ok(());
         };
+        if size == self.size {
+            return Ok(());
+        }
+        self.size = size;
         // Failing to resize only affects the display; keep the session going.
         let _ = self.pty.resize(size);
         self.recording.resize(size).await
