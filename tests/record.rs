@@ -368,7 +368,9 @@ fn on_a_terminal_resizes_become_r_events_and_raw_mode_is_restored() -> Result<()
         .contains(LocalFlags::ICANON)
     {
         anyhow::ensure!(Instant::now() < deadline, "the terminal never went raw");
-        std::thread::sleep(Duration::from_millis(20));
+        // Polled finely so the resize below comes as soon after raw mode as it can: a
+        // SIGWINCH that arrived before `record` watched for it was lost (1 in 20 runs).
+        std::thread::sleep(Duration::from_micros(200));
     }
     assert!(!tcgetattr(&pty.slave)?
         .local_flags
