@@ -828,6 +828,84 @@ fn acks_wait_for_fdatasync_to_return() -> Result<()> {
     Ok(())
 }
 
+/// During a shutdown the node refuses new connections at once, while the sessions it has
+/// finish: their last sync (held here by the fdatasync gate) keeps the process alive, yet a
+/// new client's connect is refused rather than left waiting, so it moves on to another
+/// recorder. Once the sync returns the node exits 0 and every byte read is stored.
+#[test]
+fn sigterm_refuses_new_connections_while_open_sessions_finish() -> Result<()> {
+    let tmp = tempdir();
+    let shim = build_fdatasync_gate(tmp.path())?;
+    let gate = tmp.path().join("fdatasync-open");
+    std::fs::write(&gate, b"")?;
+    let envs = [
+        ("LD_PRELOAD", shim.display().to_string()),
+        ("QC_FDATASYNC_GATE", gate.display().to_string()),
+    ];
+    let mut node = Node::start_env(tmp.path(), &envs)?;
+    let mut upload = H2Upload::v2(&node)?;
+    upload.send(HEADER.as_bytes())?;
+    upload.wait_ack(HEADER.len() as u64)?;
+    std::fs::remove_file(&gate)?;
+    upload.send(b"[0.1,\"o\",\"synced during the shutdown\"]\n")?;
+    let sent = upload.sent.len();
+    let series = format!("quorumcast_ingest_bytes_total {sent}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.get_text("/metrics")?.lines().any(|l| l == series) {
+        anyhow::ensure!(Instant::now() < deadline, "the node never read the line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A client still sending its request keeps its connection open (up to the 10 s
+    // header read time): the listener must not wait for it.
+    let mut slow = std::net::TcpStream::connect(&node.addr)?;
+    std::io::Write::write_all(&mut slow, b"POST /record HTTP/1.1\r\nHost: x\r\n")?;
+    let addr: std::net::SocketAddr = node.addr.parse()?;
+    node.signal(libc::SIGTERM);
+    let sigterm_at = Instant::now();
+    // Refused once the listener is closed; the process stays while the sync is held. (A
+    // listener that lingers takes connects into its backlog, then leaves them hanging; one
+    // caught in its backlog as it closes is reset.)
+    let refused = loop {
+        use std::io::ErrorKind::{ConnectionRefused, ConnectionReset, TimedOut};
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Err(e) if e.kind() == ConnectionRefused => break e,
+            Err(e) if ![TimedOut, ConnectionReset].contains(&e.kind()) => {
+                bail!("connect failed: {e}")
+            }
+            _ => {
+                anyhow::ensure!(
+                    sigterm_at.elapsed() < Duration::from_secs(5),
+                    "still accepting 5 s after SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    drop(slow);
+    assert!(
+        node.child.try_wait()?.is_none(),
+        "the node exited before its session synced ({refused})"
+    );
+    let started = Instant::now();
+    std::fs::write(&gate, b"")?;
+    let status = loop {
+        if let Some(status) = node.child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "node did not exit once the sync returned"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status}");
+    let node = node.restart()?;
+    let sessions = node.sessions("")?;
+    assert_eq!(sessions[0]["state"], "aborted");
+    assert_eq!(node.read_recording(&sessions[0])?, upload.sent);
+    Ok(())
+}
+
 /// Builds (with the system's C compiler) a shared object whose `fdatasync` waits until the
 /// file named by `QC_FDATASYNC_GATE` exists, then calls the real one.
 fn build_fdatasync_gate(dir: &std::path::Path) -> Result<std::path::PathBuf> {
