@@ -38,6 +38,9 @@ impl Default for Limits {
 /// The first thing wrong with a recording: where (1-based line) and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
+    /// 1-based line of the recording; 0 when the problem is about the session, not a line
+    /// (the node stopped while it was live: finding the line where the bytes end would read
+    /// whole recordings at start-up).
     pub line: u64,
     pub reason: String,
 }

@@ -457,6 +457,11 @@ fn kill_9_mid_session_keeps_acked_bytes_and_marks_aborted_on_restart() -> Result
     assert_eq!(&stored[..], &sent[..stored.len()]);
     assert_eq!(sessions[0]["bytes"].as_u64(), Some(stored.len() as u64));
     assert!(node.log_text().contains("marked aborted"));
+    // About the session, not a line of it (line 0).
+    assert_eq!(
+        sessions[0]["problem"],
+        serde_json::json!({"line": 0, "reason": "recorder stopped while the session was live"})
+    );
     Ok(())
 }
 
