@@ -101,7 +101,9 @@ usage: cargo bench --bench admission [-- OPTIONS]
   --no-settle           don't wait for the files an earlier run deleted under --dir-root
                         to stop slowing down file creation (up to 300 s after that run
                         on ext4 without a journal; see INODE_REUSE_WAIT)
-  --node-bin PATH       run this quorumcast binary instead of the one cargo built (A/B runs)";
+  --node-bin PATH       run this quorumcast binary instead of the one cargo built (A/B runs)
+  --session-ids         each quorumcast session names itself with `Quorumcast-Session`, as
+                        our `record` client does (default: none, as a stock Tailscale client)";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -120,6 +122,9 @@ struct Options {
     settle: bool,
     /// The binary the set runs (a copy of it): cargo's build unless `--node-bin`.
     node_bin: PathBuf,
+    /// Sessions carry a client-chosen id (our extension), which the node checks against
+    /// what it knows before the claim; stock clients send none.
+    session_ids: bool,
 }
 
 impl Options {
@@ -136,6 +141,7 @@ impl Options {
             keep: false,
             settle: true,
             node_bin: PathBuf::from(BUILT_BIN),
+            session_ids: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -167,6 +173,7 @@ impl Options {
                 "--keep" => o.keep = true,
                 "--no-settle" => o.settle = false,
                 "--node-bin" => o.node_bin = PathBuf::from(value()?),
+                "--session-ids" => o.session_ids = true,
                 "--help" | "-h" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -245,11 +252,17 @@ async fn run(o: Options) -> Result<()> {
     let mut etcd = EtcdSet::start(&root)?;
     etcd.wait_healthy().await?;
     progress("etcd cluster up");
-    warm_up(&qc, &etcd).await?;
+    warm_up(&qc, &etcd, o.session_ids).await?;
 
     let mut levels = Vec::new();
     for &clients in &o.clients {
-        levels.push(measure_level(&qc, &etcd, clients, o.secs, o.interval).await?);
+        let load = LevelLoad {
+            clients,
+            secs: o.secs,
+            interval: o.interval,
+            session_ids: o.session_ids,
+        };
+        levels.push(measure_level(&qc, &etcd, load).await?);
     }
     etcd.stop();
     let acked: Vec<u64> = levels
@@ -277,8 +290,8 @@ fn progress(message: &str) {
 
 /// A few untimed sessions and txns on every node, so that connection set-up between the
 /// nodes (QUIC, TLS) and lazy start-up are not in the first measured level.
-async fn warm_up(qc: &QcSet, etcd: &EtcdSet) -> Result<()> {
-    let mut client = QcClient::connect(&qc.ingest_addrs()).await?;
+async fn warm_up(qc: &QcSet, etcd: &EtcdSet, session_ids: bool) -> Result<()> {
+    let mut client = QcClient::connect(&qc.ingest_addrs(), session_ids).await?;
     let mut txns = EtcdClient::connect(&etcd.client_addrs()).await?;
     for i in 0..15 {
         match client.admit(i % 3).await? {
@@ -461,17 +474,17 @@ async fn client_loop<A: Admitter>(
 /// One concurrency level: quorumcast, then etcd right after (so both see the same
 /// background load on a shared machine), with the claim histogram's change over the
 /// quorumcast run.
-async fn measure_level(
-    qc: &QcSet,
-    etcd: &EtcdSet,
-    clients: usize,
-    secs: u64,
-    interval: Duration,
-) -> Result<Level> {
+async fn measure_level(qc: &QcSet, etcd: &EtcdSet, load: LevelLoad) -> Result<Level> {
+    let LevelLoad {
+        clients,
+        secs,
+        interval,
+        session_ids,
+    } = load;
     progress(&format!("{clients} client(s): quorumcast, {secs} s"));
     let mut qc_clients = Vec::new();
     for _ in 0..clients {
-        qc_clients.push(QcClient::connect(&qc.ingest_addrs()).await?);
+        qc_clients.push(QcClient::connect(&qc.ingest_addrs(), session_ids).await?);
     }
     let before = qc.node_histograms().await?;
     let applied_before = qc.applied_index().await?;
@@ -511,6 +524,17 @@ async fn measure_level(
         etcd: etcd_result,
         loadavg: format!("{load_before} → {}", loadavg()),
     })
+}
+
+/// What one concurrency level offers, the same for both systems.
+#[derive(Debug, Clone, Copy)]
+struct LevelLoad {
+    clients: usize,
+    secs: u64,
+    /// Least time between one client's admission starts (zero: back to back).
+    interval: Duration,
+    /// quorumcast sessions carry `Quorumcast-Session` (`--session-ids`).
+    session_ids: bool,
 }
 
 struct Level {
@@ -608,12 +632,14 @@ async fn read_body(body: Incoming) -> Result<String> {
 struct QcClient {
     addrs: Vec<String>,
     conns: Vec<H2Sender>,
+    /// Send `Quorumcast-Session: <uuid>` with each session (`--session-ids`).
+    session_ids: bool,
     running: JoinSet<Result<u64>>,
     tails: Tails,
 }
 
 impl QcClient {
-    async fn connect(addrs: &[String]) -> Result<QcClient> {
+    async fn connect(addrs: &[String], session_ids: bool) -> Result<QcClient> {
         let mut conns = Vec::new();
         for addr in addrs {
             conns.push(h2_connect(addr).await?);
@@ -621,6 +647,7 @@ impl QcClient {
         Ok(QcClient {
             addrs: addrs.to_vec(),
             conns,
+            session_ids,
             running: JoinSet::new(),
             tails: Tails::default(),
         })
@@ -640,7 +667,11 @@ impl Admitter for QcClient {
         }
         let addr = &self.addrs[node];
         let (tx, body) = upload_body();
-        let request = hyper::Request::post(format!("http://{addr}/v2/record")).body(body)?;
+        let mut request = hyper::Request::post(format!("http://{addr}/v2/record"));
+        if self.session_ids {
+            request = request.header("quorumcast-session", uuid::Uuid::new_v4().to_string());
+        }
+        let request = request.body(body)?;
         let sender = &mut self.conns[node];
         sender.ready().await.context("h2 connection")?;
         let started = Instant::now();
@@ -1813,6 +1844,14 @@ fn print_setup(o: &Options, root: &Path, etcd_version: &str, settled: Duration) 
     println!(
         "  load        {}s per level and system, levels {:?}, {} leader kills, {pace}",
         o.secs, o.clients, o.kills
+    );
+    println!(
+        "  sessions    {}",
+        if o.session_ids {
+            "each sends Quorumcast-Session: <uuid> (--session-ids), as `quorumcast record` does"
+        } else {
+            "no client-chosen id, as a stock Tailscale client"
+        }
     );
     println!(
         "  loadavg     {} at start (the machine is shared: see the per-level loadavg)",
