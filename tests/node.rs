@@ -789,14 +789,7 @@ fn sessions_started_in_the_same_second_never_share_a_file() -> Result<()> {
 #[test]
 fn acks_wait_for_fdatasync_to_return() -> Result<()> {
     let tmp = tempdir();
-    let shim = build_fdatasync_gate(tmp.path())?;
-    let gate = tmp.path().join("fdatasync-open");
-    std::fs::write(&gate, b"")?;
-    let envs = [
-        ("LD_PRELOAD", shim.display().to_string()),
-        ("QC_FDATASYNC_GATE", gate.display().to_string()),
-    ];
-    let node = Node::start_env(tmp.path(), &envs)?;
+    let (node, gate) = start_with_fdatasync_gate(tmp.path())?;
     let mut upload = H2Upload::v2(&node)?;
     upload.send(HEADER.as_bytes())?;
     let header_len = HEADER.len() as u64;
@@ -840,14 +833,7 @@ fn acks_wait_for_fdatasync_to_return() -> Result<()> {
 #[test]
 fn sigterm_refuses_new_connections_while_open_sessions_finish() -> Result<()> {
     let tmp = tempdir();
-    let shim = build_fdatasync_gate(tmp.path())?;
-    let gate = tmp.path().join("fdatasync-open");
-    std::fs::write(&gate, b"")?;
-    let envs = [
-        ("LD_PRELOAD", shim.display().to_string()),
-        ("QC_FDATASYNC_GATE", gate.display().to_string()),
-    ];
-    let mut node = Node::start_env(tmp.path(), &envs)?;
+    let (mut node, gate) = start_with_fdatasync_gate(tmp.path())?;
     let mut upload = H2Upload::v2(&node)?;
     upload.send(HEADER.as_bytes())?;
     upload.wait_ack(HEADER.len() as u64)?;
@@ -909,6 +895,19 @@ fn sigterm_refuses_new_connections_while_open_sessions_finish() -> Result<()> {
     assert_eq!(sessions[0]["state"], "aborted");
     assert_eq!(node.read_recording(&sessions[0])?, upload.sent);
     Ok(())
+}
+
+/// Starts a node whose every `fdatasync` waits while the returned gate file is absent (it
+/// exists at first: remove it to hold syncs, write it to let them go).
+fn start_with_fdatasync_gate(dir: &std::path::Path) -> Result<(Node, std::path::PathBuf)> {
+    let shim = build_fdatasync_gate(dir)?;
+    let gate = dir.join("fdatasync-open");
+    std::fs::write(&gate, b"")?;
+    let envs = [
+        ("LD_PRELOAD", shim.display().to_string()),
+        ("QC_FDATASYNC_GATE", gate.display().to_string()),
+    ];
+    Ok((Node::start_env(dir, &envs)?, gate))
 }
 
 /// Builds (with the system's C compiler) a shared object whose `fdatasync` waits until the
