@@ -43,6 +43,8 @@ pub const QUICK: &[&str] = &[
     "leader-kill",
     "sigstop",
     "partition",
+    // The slow / lossy replica case; CI has no other test of it.
+    "netem",
     "rolling-restart",
 ];
 
